@@ -1,0 +1,143 @@
+"""Interfaces shared by every optimization in `optim`.
+
+A KV-cache method is a small dataclass whose one hook, `make_cache(config)`, returns a fresh
+transformers `Cache` for a model config. The harness never needs to know more than that: it
+passes the cache to the model's forward (chunked prefill, decode) and asks it for its bytes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import PretrainedConfig
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one decoder layer's attention needs from its cache."""
+
+    index: int
+    sliding_window: int | None  # None: global (full) attention layer
+
+    @property
+    def is_sliding(self) -> bool:
+        return self.sliding_window is not None
+
+
+def text_config(config: PretrainedConfig) -> PretrainedConfig:
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def layer_specs(config: PretrainedConfig) -> list[LayerSpec]:
+    """Per-layer attention layout, so every method handles hybrid sliding/global models (Gemma-3)."""
+    cfg = text_config(config)
+    n = cfg.num_hidden_layers
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * n
+    window = getattr(cfg, "sliding_window", None)
+    specs = []
+    for i, kind in enumerate(types):
+        if kind in ("sliding_attention", "chunked_attention"):
+            specs.append(LayerSpec(i, int(window)))
+        elif kind == "full_attention":
+            specs.append(LayerSpec(i, None))
+        else:
+            raise ValueError(f"layer {i} has attention type {kind!r}, which no KV method in optim supports")
+    return specs
+
+
+def kv_geometry(config: PretrainedConfig) -> tuple[int, int]:
+    """(num_key_value_heads, head_dim) of the model's attention."""
+    cfg = text_config(config)
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return int(heads), int(head_dim)
+
+
+def plain_kv_bytes(config: PretrainedConfig, seq_len: int, batch: int = 1, bytes_per_element: int = 2) -> int:
+    """Bytes the same tokens take in a plain (transformers `DynamicCache`) cache at the given width.
+
+    Sliding layers keep `window - 1` tokens, as `DynamicSlidingWindowLayer` does, so ratios against
+    this number compare like with like on hybrid models.
+    """
+    heads, head_dim = kv_geometry(config)
+    total = 0
+    for spec in layer_specs(config):
+        tokens = seq_len if spec.sliding_window is None else min(seq_len, spec.sliding_window - 1)
+        total += 2 * batch * heads * tokens * head_dim * bytes_per_element
+    return total
+
+
+def _tensors(obj, seen: set[int]) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in seen:
+            seen.add(id(obj))
+            yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item, seen)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item, seen)
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Exact bytes of every tensor a cache holds: data, scales, zero-points, indices, windows.
+
+    Walks each layer's attributes instead of trusting a method's own report, so a method cannot
+    under-count by forgetting its scales. Counts logical size (numel x element size): a view that
+    keeps a larger buffer alive for a moment (transformers' sliding layers do) counts as its view.
+    """
+    seen: set[int] = set()
+    total = 0
+    for layer in cache.layers:
+        for t in _tensors(vars(layer), seen):
+            if t.numel() <= 1:  # bookkeeping scalars such as the sliding-window length
+                continue
+            total += t.numel() * t.element_size()
+    return total
+
+
+class KVCacheMethod(ABC):
+    """A KV-cache optimization: one hook that builds a fresh cache for a model config."""
+
+    @abstractmethod
+    def make_cache(self, config: PretrainedConfig) -> Cache: ...
+
+
+@dataclass
+class FullPrecisionKV(KVCacheMethod):
+    """The baseline: transformers' own `DynamicCache`, hybrid-aware through the config."""
+
+    def make_cache(self, config: PretrainedConfig) -> Cache:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=config)
+
+
+def build_layers(config: PretrainedConfig, full_layer, sliding_layer) -> Cache:
+    """A `Cache` whose global layers come from `full_layer()` and sliding ones from `sliding_layer(window)`."""
+    layers = [
+        full_layer() if spec.sliding_window is None else sliding_layer(spec.sliding_window)
+        for spec in layer_specs(config)
+    ]
+    return Cache(layers=layers)
+
+
+__all__ = [
+    "Cache",
+    "DynamicLayer",
+    "DynamicSlidingWindowLayer",
+    "FullPrecisionKV",
+    "KVCacheMethod",
+    "LayerSpec",
+    "build_layers",
+    "cache_nbytes",
+    "kv_geometry",
+    "layer_specs",
+    "plain_kv_bytes",
+    "text_config",
+]
