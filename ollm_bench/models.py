@@ -33,7 +33,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def tiny_gemma3_config(layers: int = 4, sliding_window: int = 16, vocab_size: int = 256, hidden: int = 64):
+def tiny_gemma3_config(layers: int = 4, sliding_window: int = 16, vocab_size: int = 260, hidden: int = 64):
     """A Gemma-3 text config with the real model's hybrid layout, shrunk for tests."""
     from transformers import Gemma3TextConfig
 
@@ -120,3 +120,41 @@ def load_pretrained(source: str, dtype: torch.dtype = torch.float32) -> LoadedMo
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}") from exc
     return LoadedModel(model.eval(), tokenizer, source)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 3..258; 0 pad, 1 eos, 2 bos): hermetic text for random-weight
+    models, whose quality is never reported, so only the token stream's shape matters."""
+
+    pad_token_id, eos_token_id, bos_token_id = 0, 1, 2
+    vocab_size = 259
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = [b + 3 for b in text.encode("utf-8")]
+        return [self.bos_token_id, *ids] if add_special_tokens else ids
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) - 3 for i in ids if int(i) >= 3).decode("utf-8", errors="replace")
+
+
+DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(model_cfg, device: str = "cpu") -> LoadedModel:
+    """Dispatch on `model.source`: gemma3_270m | tiny | random (no-weights `arch`) | hub id / dir."""
+    from transformers import AutoConfig
+
+    dtype = DTYPE_BY_NAME[model_cfg.dtype]
+    if model_cfg.source == "tiny":
+        model = build_random_model(tiny_gemma3_config(**(model_cfg.arch or {})), dtype=dtype)
+        loaded = LoadedModel(model, ByteTokenizer(), model_cfg.name)
+    elif model_cfg.source == "random":
+        arch = dict(model_cfg.arch or {})
+        if "model_type" not in arch:
+            raise ModelLoadError(f"no-weights model {model_cfg.name!r} needs arch.model_type (e.g. llama)")
+        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+        loaded = LoadedModel(build_random_model(config, dtype=dtype), ByteTokenizer(), model_cfg.name)
+    else:
+        loaded = load_pretrained(model_cfg.source, dtype=dtype)
+    loaded.model.to(device)
+    return loaded
