@@ -8,7 +8,8 @@ the model to it. What differs between mechanisms is a *pattern*: an elementwise 
 `pattern(b, h, q_pos, kv_pos) -> bool` over cache slots. The same function serves two backends:
 
 * `flex`: `torch.nn.attention.flex_attention` with a `BlockMask` built from the pattern (CUDA,
-  compiled). Fully masked 128x128 tiles are skipped, which is where a GPU speedup comes from, so
+  compiled), for any prefill whose model mask is causal + key padding (anything else falls back to
+  the dense path). Fully masked 128x128 tiles are skipped, which is where a GPU speedup comes from, so
   patterns are block-aligned where they can be.
 * `dense`: masked SDPA, evaluated per query chunk on only the key columns the chunk can see
   (a gather), so the CPU path does less work on long sparse patterns and stays exact: a masked-out
@@ -79,14 +80,30 @@ def pattern_attention(
         # Same case as transformers' SDPA: prefill into an empty StaticCache; the tail is unfilled.
         key, value, kv_len = key[:, :, :q_len], value[:, :, :q_len], q_len
     mask = to_bool_mask(attention_mask)
-    use_flex = backend == "flex" or (backend == "auto" and query.is_cuda and mask is None and q_len > 1)
+    use_flex = backend == "flex" or (backend == "auto" and query.is_cuda and q_len > 1)
     if use_flex:
-        if mask is not None:
-            raise ValueError("the flex backend takes no explicit mask (padding); use backend='dense'")
-        if dropout:
+        key_ok = None if mask is None else key_padding(mask)
+        if mask is not None and key_ok is None:
+            if backend == "flex":
+                raise ValueError("the flex backend takes only causal + key-padding masks; use backend='dense'")
+        elif dropout:
             raise ValueError("flex attention path does not support dropout")
-        return _flex(query, key, value, pattern, scaling, block_mask_cache)
+        else:
+            if key_ok is not None and bool(key_ok.all()):
+                key_ok = None  # no padding: the cached block mask applies
+            return _flex(query, key, value, pattern, scaling, None if key_ok is not None else block_mask_cache, key_ok)
     return _gathered_sdpa(query, key, value, mask, pattern, scaling, dropout, chunk)
+
+
+def key_padding(mask: torch.Tensor) -> torch.Tensor | None:
+    """(B, Lk) key padding if `mask` is exactly causal AND key padding (what transformers builds for
+    global layers), else None. The last query row of such a mask sees every non-padded key."""
+    if mask.shape[1] != 1:
+        return None
+    q_len, kv_len = mask.shape[-2:]
+    key_ok = mask[:, 0, -1, :]
+    rebuilt = explicit_mask(None, 1, q_len, kv_len, mask.device) & key_ok[:, None, None, :]
+    return key_ok if torch.equal(rebuilt.expand_as(mask), mask) else None
 
 
 def _gathered_sdpa(query, key, value, mask, pattern, scaling, dropout, chunk):
@@ -118,7 +135,7 @@ def _gathered_sdpa(query, key, value, mask, pattern, scaling, dropout, chunk):
     return out
 
 
-def _flex(query, key, value, pattern, scaling, cache):
+def _flex(query, key, value, pattern, scaling, cache, key_ok=None):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     global _FLEX_COMPILED
@@ -127,13 +144,14 @@ def _flex(query, key, value, pattern, scaling, cache):
 
     def mask_mod(b, h, q_idx, kv_idx):
         q_pos = q_idx + offset
-        return (kv_idx <= q_pos) & pattern(b, h, q_pos, kv_idx)
+        keep = (kv_idx <= q_pos) & pattern(b, h, q_pos, kv_idx)
+        return keep if key_ok is None else keep & key_ok[b, kv_idx]
 
     ckey = (q_len, kv_len, hq, str(query.device))
     block_mask = None if cache is None else cache.get(ckey)
     if block_mask is None:
         # On CUDA the mask is built compiled (never materializing Lq x Lk); eager elsewhere (tests).
-        block_mask = create_block_mask(mask_mod, None, hq, q_len, kv_len, device=query.device, _compile=query.is_cuda)
+        block_mask = create_block_mask(mask_mod, None if key_ok is None else query.shape[0], hq, q_len, kv_len, device=query.device, _compile=query.is_cuda)
         if cache is not None:
             if len(cache) > 32:
                 cache.clear()
