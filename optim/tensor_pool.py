@@ -169,7 +169,7 @@ class TensorPool:
         if not isinstance(tensor, torch.Tensor):
             raise PoolError(f"put() takes a tensor, got {type(tensor).__name__}")
         if tensor.device != self.device:
-            raise PoolError(f"tensor on {tensor.device} returned to a pool on {self.device}")
+            raise PoolError(f"tensor on device {tensor.device} returned to a pool on device {self.device}")
         key = tensor.untyped_storage().data_ptr()
         with self._lock:
             block = self._in_use.get(key)
