@@ -20,7 +20,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
 from .base import KVCacheMethod, build_layers, kv_geometry
-from .kv_quant import SpecKVLayer, check_spec, check_window
+from .kv_quant import SpecKVLayer, check_spec, check_window, min_window
 
 
 class KiviKVLayer(SpecKVLayer):
@@ -47,6 +47,6 @@ class KiviKV(KVCacheMethod):
         _, head_dim = kv_geometry(config)
         check_spec(("channel", self.bits, self.group_size), head_dim, "kv_kivi keys")
         check_spec(("token", self.bits, self.value_group), head_dim, "kv_kivi values")
-        check_window(self.residual, getattr(config, "sliding_window", None), "kv_kivi")
+        check_window(self.residual, min_window(config), "kv_kivi")
         args = (self.bits, self.group_size, self.value_group, self.residual)
         return build_layers(config, lambda: KiviKVLayer(*args), lambda w: KiviKVLayer(*args, sliding_window=w))

@@ -27,7 +27,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
 from .base import KVCacheMethod, build_layers, kv_geometry
-from .kv_quant import SpecKVLayer, check_spec, check_window
+from .kv_quant import SpecKVLayer, check_spec, check_window, min_window
 
 
 class MixedPrecisionKVLayer(SpecKVLayer):
@@ -50,7 +50,7 @@ class MixedPrecisionKV(KVCacheMethod):
     def make_cache(self, config: PretrainedConfig) -> Cache:
         _, head_dim = kv_geometry(config)
         check_spec(("channel", 4, self.group_size), head_dim, "kv_mixed keys")
-        check_window(self.residual, getattr(config, "sliding_window", None), "kv_mixed")
+        check_window(self.residual, min_window(config), "kv_mixed")
         return build_layers(
             config,
             lambda: MixedPrecisionKVLayer(self.group_size, self.residual),

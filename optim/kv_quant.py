@@ -155,6 +155,14 @@ def map_tensors(obj, fn):
     return obj
 
 
+def min_window(config) -> int | None:
+    """The shortest sliding window among the model's layers (None if all are global)."""
+    from .base import layer_specs
+
+    windows = [s.sliding_window for s in layer_specs(config) if s.sliding_window is not None]
+    return min(windows) if windows else None
+
+
 def check_window(residual: int | None, sliding_window: int | None, what: str) -> None:
     if residual is not None and residual < 0:
         raise ValueError(f"{what}: the full-precision window must be >= 0 tokens, got {residual}")
@@ -231,10 +239,10 @@ class BlockKVLayer(DynamicLayer):
         res_k = torch.cat([self.res_k, key_states.to(self.res_k.dtype)], dim=-2)
         res_v = torch.cat([self.res_v, value_states.to(self.res_v.dtype)], dim=-2)
         flush = 0 if self.residual is None else max(res_k.shape[-2] - self.residual, 0) // self.block * self.block
-        if flush:
+        self.res_k, self.res_v = res_k[:, :, flush:].contiguous(), res_v[:, :, flush:].contiguous()
+        if flush:  # after the window is cut, so `_absorb` sees the ages the store will have
             self._absorb(res_k[:, :, :flush].float(), res_v[:, :, :flush].float())
-            res_k, res_v = res_k[:, :, flush:].contiguous(), res_v[:, :, flush:].contiguous()
-        self.res_k, self.res_v = res_k, res_v
+        res_k, res_v = self.res_k, self.res_v
         stored = self._decode_store(key_states.dtype)
         keys, values = res_k.to(key_states.dtype), res_v.to(value_states.dtype)
         if stored is not None:
