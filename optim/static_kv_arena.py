@@ -227,9 +227,10 @@ class GraphedDecoder:
         self.static_logits: torch.Tensor | None = None
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Eager prefill through the arena; kwargs go to the model (e.g. logits_to_keep=1)."""
         self.arena.check_room(input_ids.shape[1])
-        out = self.model(input_ids=input_ids, use_cache=True, **{self.kwarg: self.arena})
+        out = self.model(input_ids=input_ids, use_cache=True, **{self.kwarg: self.arena}, **kwargs)
         return out.logits
 
     def _forward_static(self) -> torch.Tensor:

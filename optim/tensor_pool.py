@@ -43,6 +43,8 @@ def size_class(nbytes: int) -> int:
 
 
 def _check_shape(shape) -> tuple[int, ...]:
+    if type(shape) is tuple and shape and all(type(d) is int and d > 0 for d in shape):
+        return shape  # the common case, kept cheap: it runs on every request
     try:
         dims = (operator.index(shape),) if not isinstance(shape, (tuple, list, torch.Size)) else tuple(
             operator.index(d) for d in shape
@@ -52,6 +54,22 @@ def _check_shape(shape) -> tuple[int, ...]:
     if not dims or any(d <= 0 for d in dims):
         raise PoolError(f"shape must have positive sizes (zero-size tensors are not pooled), got {dims}")
     return dims
+
+
+_STRIDES: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = _STRIDES.get(shape)
+    if strides is None:
+        acc, out = 1, []
+        for d in reversed(shape):
+            out.append(acc)
+            acc *= d
+        strides = tuple(reversed(out))
+        if len(_STRIDES) < 4096:  # a bounded memo: workloads repeat a few hundred shapes at most
+            _STRIDES[shape] = strides
+    return strides
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,17 @@ class _Block:
     buffer: torch.Tensor  # uint8, size-class bytes
     nbytes: int = 0  # bytes handed out (0 while free)
     dtype: torch.dtype | None = None
+    typed: dict | None = None  # dtype -> the whole buffer viewed as that dtype (made once)
+
+    def as_tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if self.typed is None:
+            self.typed = {}
+        flat = self.typed.get(dtype)
+        if flat is None:
+            flat = self.typed[dtype] = self.buffer.view(dtype)
+        # One as_strided instead of slice + view + view: each tensor op costs about as much as a
+        # whole torch.empty, so the pool's hot path has to make do with one.
+        return flat.as_strided(shape, _contiguous_strides(shape))
 
 
 class TensorPool:
@@ -133,7 +162,7 @@ class TensorPool:
             block.nbytes, block.dtype = nbytes, dtype
             self._in_use[block.buffer.data_ptr()] = block
             self._in_use_bytes += nbytes
-        return block.buffer[:nbytes].view(dtype).view(shape)
+        return block.as_tensor(shape, dtype)
 
     def _new_block(self, cls: int) -> _Block:
         """Allocate a block (lock held), evicting free blocks first if the bound needs it."""
@@ -170,9 +199,12 @@ class TensorPool:
             raise PoolError(f"put() takes a tensor, got {type(tensor).__name__}")
         if tensor.device != self.device:
             raise PoolError(f"tensor on device {tensor.device} returned to a pool on device {self.device}")
-        key = tensor.untyped_storage().data_ptr()
+        key = tensor.data_ptr()  # what get() returned starts at its block's first byte
         with self._lock:
             block = self._in_use.get(key)
+            if block is None:  # perhaps a view into the block: look its storage up instead
+                key = tensor.untyped_storage().data_ptr()
+                block = self._in_use.get(key)
             if block is None:
                 raise PoolError("tensor was not handed out by this pool, or was already returned")
             if tensor.dtype != block.dtype:
