@@ -219,6 +219,7 @@ class AttentionMechanism:
             raise ValueError(f"{self.name}: chunk must be a positive integer, got {self.chunk!r}")
         self._block_masks: dict = {}
         self._previous: dict[int, str] = {}
+        self._densities: dict[tuple, float] = {}
 
     # --- what subclasses define -------------------------------------------------------------
     @property
@@ -244,7 +245,10 @@ class AttentionMechanism:
         return f"{self.name}_{hashlib.sha1(repr(sorted(self.params.items())).encode()).hexdigest()[:8]}"
 
     def density(self, seq_len: int, num_heads: int = 1, layer_idx: int | None = None) -> float:
-        return pattern_density(self.pattern_for(layer_idx, num_heads), num_heads, seq_len)
+        key = (seq_len, num_heads, layer_idx)
+        if key not in self._densities:  # the router asks on every request; the answer never changes
+            self._densities[key] = pattern_density(self.pattern_for(layer_idx, num_heads), num_heads, seq_len)
+        return self._densities[key]
 
     def validate(self, model=None, seq_len: int | None = None) -> None:
         if model is not None:

@@ -1,0 +1,232 @@
+"""`attn_router`: picks an attention mechanism per request from content, length and device, under a
+quality budget, and learns from measured history.
+
+Context of a request = (content class from `content_classifier`, length bucket, device type).
+For each context the router keeps every measurement the harness reports through `observe()`:
+cost (seconds, or any lower-is-better number measured the same way for every mechanism) and,
+when measured, relative quality loss (ppl_opt / ppl_full - 1). The choice is a lower-confidence-
+bound contextual bandit over cost with a hard quality guard:
+
+1. infeasible: mechanisms whose window is longer than the request (they would equal full attention
+   while claiming otherwise) are skipped;
+2. guard: a mechanism whose mean measured quality loss for (content, length bucket) exceeds
+   `quality_budget` is excluded (quality is looked up across devices: GPU speed runs reuse the
+   CPU quality runs of the same content and length);
+3. exploration: untried mechanisms are tried first, cheapest expected first (fewest attended
+   pairs, `density()`), so a broken-but-cheap mechanism is measured once and then excluded;
+4. exploitation: otherwise the lowest `mean_cost - exploration * scale * sqrt(ln N / n)`.
+Full attention is always allowed, so there is always a choice. History persists to JSON.
+
+C16 ("gets better over time") is measured by `regret_over_runs`: the router's cost on successive
+runs of a fixed workload against the best single mechanism in hindsight that meets the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+from .attn_hybrid import make_mechanism
+from .content_classifier import classify
+
+BUCKETS = (512, 2048, 8192, 32768, 131072)
+DEFAULT_CANDIDATES = ("attn_full", "attn_sliding", "attn_sparse", "attn_multiscale", "attn_hybrid")
+
+
+def length_bucket(seq_len: int) -> int:
+    return next((b for b in BUCKETS if seq_len <= b), BUCKETS[-1])
+
+
+@dataclass
+class AttentionRouter:
+    """Harness contract (same as every attention mechanism):
+    `attach(model, context_text=None, seq_len=None)` classifies `context_text`, chooses, and attaches
+    the chosen mechanism (the model's device is the resource context); `observe(cost,
+    quality_loss=None)` records the measurement of that choice (persisted when `history_path` is
+    set); `explain()` says why it chose; `detach(model)` restores the previous attention.
+    `force` pins the choice to one candidate (used by the quality-gate canary tests).
+    """
+
+    name: ClassVar[str] = "attn_router"
+    candidates: tuple[str, ...] | list[str] = DEFAULT_CANDIDATES
+    candidate_params: dict = field(default_factory=dict)
+    quality_budget: float = 0.02
+    exploration: float = 0.2
+    history_path: str | None = None
+    force: str | None = None
+
+    def __post_init__(self):
+        self.candidates = tuple(self.candidates)
+        if not self.candidates:
+            raise ValueError("attn_router: needs at least one candidate mechanism")
+        self.mechanisms = {n: make_mechanism(n, **dict(self.candidate_params.get(n, {}))) for n in self.candidates}
+        if not self.quality_budget >= 0:
+            raise ValueError(f"attn_router: quality_budget must be >= 0, got {self.quality_budget!r}")
+        if self.force is not None and self.force not in self.mechanisms:
+            raise ValueError(f"attn_router: force={self.force!r} is not one of the candidates {list(self.candidates)}")
+        self.history: list[dict] = []
+        if self.history_path and os.path.exists(self.history_path):
+            with open(self.history_path, encoding="utf-8") as f:
+                self.history = json.load(f)["records"]
+        self.last: dict | None = None
+        self.current = None
+
+    # --- deciding ---------------------------------------------------------------------------
+    def context(self, context_text: str | None, seq_len: int | None, device: str = "cpu") -> dict:
+        content = classify(context_text).label if context_text and context_text.strip() else "unknown"
+        if seq_len is None:
+            seq_len = max(1, len(context_text or "") // 4)  # ~4 chars per token when only text is known
+        return {"content": content, "bucket": length_bucket(seq_len), "device": device, "seq_len": seq_len}
+
+    def _stats(self, ctx: dict) -> dict[str, dict]:
+        stats = {n: {"costs": [], "losses": []} for n in self.candidates}
+        for r in self.history:
+            if r["mechanism"] not in stats or (r["content"], r["bucket"]) != (ctx["content"], ctx["bucket"]):
+                continue
+            if r.get("quality_loss") is not None:
+                stats[r["mechanism"]]["losses"].append(r["quality_loss"])
+            if r["device"] == ctx["device"] and r.get("cost") is not None:
+                stats[r["mechanism"]]["costs"].append(r["cost"])
+        return stats
+
+    def choose(self, context_text: str | None = None, seq_len: int | None = None, device: str = "cpu") -> str:
+        ctx = self.context(context_text, seq_len, device)
+        stats = self._stats(ctx)
+        rows, allowed = {}, []
+        for n, mech in self.mechanisms.items():
+            s = stats[n]
+            row = {"n": len(s["costs"]), "mean_cost": _mean(s["costs"]), "mean_loss": _mean(s["losses"]),
+                   "density": mech.density(ctx["seq_len"], 4)}
+            if mech.window is not None and mech.window > ctx["seq_len"]:
+                row["status"] = f"infeasible: window {mech.window} > {ctx['seq_len']} tokens"
+            elif n != "attn_full" and row["mean_loss"] is not None and row["mean_loss"] > self.quality_budget:
+                row["status"] = f"excluded: quality loss {row['mean_loss']:.2%} > budget {self.quality_budget:.2%}"
+            else:
+                row["status"] = "allowed"
+                allowed.append(n)
+            rows[n] = row
+        if not allowed:  # only when full attention itself is not a candidate
+            allowed = [min(rows, key=lambda n: rows[n]["mean_loss"] or 0.0)]
+        if self.force is not None:
+            choice, reason = self.force, "forced by configuration"
+        else:
+            untried = [n for n in allowed if rows[n]["n"] == 0]
+            if untried:
+                choice = min(untried, key=lambda n: (rows[n]["density"], self.candidates.index(n)))
+                reason = f"exploring: no cost measured yet in this context; lowest density ({rows[choice]['density']:.2f}) first"
+            else:
+                total = sum(rows[n]["n"] for n in allowed)
+                scale = _mean([rows[n]["mean_cost"] for n in allowed])
+                for n in allowed:
+                    rows[n]["score"] = rows[n]["mean_cost"] - self.exploration * scale * math.sqrt(math.log(total) / rows[n]["n"])
+                choice = min(allowed, key=lambda n: (rows[n]["score"], self.candidates.index(n)))
+                reason = f"lowest cost lower-confidence bound among {len(allowed)} allowed"
+        self.last = {"context": ctx, "choice": choice, "reason": reason, "table": rows}
+        return choice
+
+    def explain(self) -> str:
+        """Why the last choice was made: context, rule that decided, and the per-mechanism table."""
+        if self.last is None:
+            return "attn_router: no choice made yet"
+        c = self.last["context"]
+        lines = [
+            f"attn_router chose {self.last['choice']} for content={c['content']} length={c['seq_len']} "
+            f"(bucket <= {c['bucket']}) device={c['device']}: {self.last['reason']}"
+        ]
+        for n, r in self.last["table"].items():
+            cost = "-" if r["mean_cost"] is None else f"{r['mean_cost']:.4g}"
+            loss = "-" if r["mean_loss"] is None else f"{r['mean_loss']:+.2%}"
+            score = f" lcb={r['score']:.4g}" if "score" in r else ""
+            lines.append(f"  {n:16s} n={r['n']:<3d} cost={cost:8s} loss={loss:8s} density={r['density']:.2f}{score}  {r['status']}")
+        return "\n".join(lines)
+
+    # --- harness hooks ----------------------------------------------------------------------
+    def attach(self, model, context_text: str | None = None, seq_len: int | None = None) -> None:
+        device = next(model.parameters()).device.type
+        choice = self.choose(context_text, seq_len, device)
+        self.current = self.mechanisms[choice]
+        self.current.attach(model, seq_len=seq_len)
+
+    def detach(self, model) -> None:
+        if self.current is not None:
+            self.current.detach(model)
+            self.current = None
+
+    def observe(self, cost: float | None, quality_loss: float | None = None, mechanism: str | None = None,
+                context: dict | None = None) -> None:
+        """Record one measurement (of the last choice unless `mechanism`/`context` are given)."""
+        if (mechanism is None or context is None) and self.last is None:
+            raise ValueError("attn_router: observe() before any choice needs mechanism= and context=")
+        mechanism = mechanism or self.last["choice"]
+        context = context or self.last["context"]
+        if mechanism not in self.mechanisms:
+            raise ValueError(f"attn_router: unknown mechanism {mechanism!r}; candidates are {list(self.candidates)}")
+        self.history.append({**{k: context[k] for k in ("content", "bucket", "device", "seq_len")},
+                             "mechanism": mechanism, "cost": cost, "quality_loss": quality_loss})
+        if self.history_path:
+            self.save(self.history_path)
+
+    def save(self, path: str) -> None:
+        """Atomic write: a crash never leaves half a history behind."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "records": self.history}, f, indent=1)
+        os.replace(tmp, path)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def regret_over_runs(
+    router: AttentionRouter,
+    workload: list[dict],
+    measure: Callable[[str, dict], tuple[float, float | None]],
+    runs: int = 5,
+    device: str = "cpu",
+) -> dict:
+    """C16: run a fixed workload `runs` times through the router, feeding back `measure(mechanism,
+    request) -> (cost, quality_loss)`; compare each run's cost with the best single candidate in
+    hindsight that meets the quality budget on every request (full attention if none does).
+    `request` is a dict with `text` and `seq_len`. Every mechanism is measured on every request
+    (once, for those the router never picked) to know the hindsight optimum."""
+    table: dict[tuple[str, int], list[tuple[float, float | None]]] = {}
+    per_run = []
+    for run in range(runs):
+        cost = violations = 0.0
+        picks = []
+        for i, req in enumerate(workload):
+            choice = router.choose(req.get("text"), req["seq_len"], device)
+            c, q = measure(choice, req)
+            table.setdefault((choice, i), []).append((c, q))
+            router.observe(c, q)
+            cost += c
+            violations += q is not None and q > router.quality_budget
+            picks.append(choice)
+        per_run.append({"run": run, "cost": cost, "violations": int(violations), "picks": picks})
+    totals = {}
+    for name in router.candidates:
+        cost, ok = 0.0, True
+        for i, req in enumerate(workload):
+            if (name, i) not in table:
+                table[(name, i)] = [measure(name, req)]
+            cs = [c for c, _ in table[(name, i)]]
+            qs = [q for _, q in table[(name, i)] if q is not None]
+            cost += sum(cs) / len(cs)
+            ok &= not qs or sum(qs) / len(qs) <= router.quality_budget
+        if ok or name == "attn_full":
+            totals[name] = cost
+    best = min(totals, key=totals.get)
+    for row in per_run:
+        row["best_fixed_cost"] = totals[best]
+        row["regret"] = row["cost"] - totals[best]
+    return {"best_fixed": best, "best_fixed_cost": totals[best], "full_cost": totals.get("attn_full"), "runs": per_run}
+
+
+__all__ = ["AttentionRouter", "BUCKETS", "length_bucket", "regret_over_runs"]
