@@ -19,34 +19,20 @@ commands:
            e.g.  python -m ollm_bench report suite=default
 """
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
 def _fail(msg: str, code: int = 2) -> None:
     print(f"ollm_bench: error: {msg}", file=sys.stderr)
     sys.exit(code)
 
 
 def sweep(args: list[str]) -> None:
-    import hydra
-
-    from .config import register_configs
-    from .errors import BenchError
     from .progress import FAILED_RUNS
-    from .runner import SWEEP_ID_ENV, new_sweep_id, run_job
+    from .runner import SWEEP_ID_ENV, new_sweep_id
 
-    register_configs()
     os.environ.setdefault(SWEEP_ID_ENV, new_sweep_id())
-
-    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-    def _app(cfg):
-        try:
-            return run_job(cfg)
-        except BenchError as exc:
-            _fail(str(exc))
-
     sys.argv = [f"{sys.argv[0]} sweep", *args]
-    _app()
+    from .app import sweep_app
+
+    sweep_app()
     if FAILED_RUNS:
         _fail(f"{len(FAILED_RUNS)} run(s) did not succeed:\n  " + "\n  ".join(FAILED_RUNS), code=1)
 

@@ -16,7 +16,8 @@ FAILED_RUNS: list[str] = []  # filled at multirun end; the CLI exits non-zero wh
 
 def grid_size(config: DictConfig) -> int:
     """Jobs the basic sweeper will launch: product of the sweep params, command line included."""
-    params = dict(OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False))
+    raw = config.hydra.sweeper.get("params")
+    params = dict(OmegaConf.to_container(raw, resolve=False)) if raw else {}
     for override in config.hydra.overrides.task:
         key, _, value = override.partition("=")
         params[key.lstrip("+~")] = value
@@ -32,6 +33,13 @@ class SweepProgress(Callback):
     def __init__(self) -> None:
         self.bar = None
         self.pid = os.getpid()
+
+    def __getstate__(self) -> dict:
+        # Launchers ship callbacks to worker processes; a live tqdm bar does not survive pickling.
+        return {"bar": None, "pid": self.pid}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from tqdm.auto import tqdm

@@ -20,7 +20,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 
 from .config import BenchConfig, to_bench
-from .errors import BenchError, ConfigError, DataError
+from .errors import BenchError, ConfigError
 from .store import ResultStore
 
 SWEEP_ID_ENV = "OLLM_BENCH_SWEEP_ID"
@@ -52,7 +52,7 @@ def _child(cfg_yaml: str, result_path: str) -> None:
     bench = to_bench(OmegaConf.merge(OmegaConf.structured(BenchConfig), OmegaConf.create(cfg_yaml)))
     try:
         payload = {"ok": True, "row": timed_run(bench)}
-    except (ConfigError, DataError) as exc:
+    except BenchError as exc:  # bad input (config, data, model): no row, one clear error
         payload = {"ok": False, "bad_input": True, "error": str(exc)}
     except Exception as exc:  # any failure of the method under test becomes a failed row
         oom = "out of memory" in str(exc).lower() or isinstance(exc, MemoryError)

