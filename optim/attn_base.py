@@ -147,7 +147,7 @@ def _flex(query, key, value, pattern, scaling, cache, key_ok=None):
         keep = (kv_idx <= q_pos) & pattern(b, h, q_pos, kv_idx)
         return keep if key_ok is None else keep & key_ok[b, kv_idx]
 
-    ckey = (q_len, kv_len, hq, str(query.device))
+    ckey = (id(pattern), q_len, kv_len, hq, str(query.device))
     block_mask = None if cache is None else cache.get(ckey)
     if block_mask is None:
         # On CUDA the mask is built compiled (never materializing Lq x Lk); eager elsewhere (tests).
@@ -159,7 +159,10 @@ def _flex(query, key, value, pattern, scaling, cache, key_ok=None):
     fn = flex_attention
     if query.is_cuda:
         if _FLEX_COMPILED is None:
-            _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+            # Every pattern and shape is a recompile; the default limit (8) would silently fall
+            # back to the unfused path, which materializes Lq x Lk scores (64 GB at 32k).
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+            _FLEX_COMPILED = torch.compile(flex_attention)
         fn = _FLEX_COMPILED
     return fn(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=hq != key.shape[1])
 
@@ -220,6 +223,7 @@ class AttentionMechanism:
         self._block_masks: dict = {}
         self._previous: dict[int, str] = {}
         self._densities: dict[tuple, float] = {}
+        self._patterns: dict[tuple, Pattern | None] = {}
 
     # --- what subclasses define -------------------------------------------------------------
     @property
@@ -244,6 +248,14 @@ class AttentionMechanism:
             return self.name
         return f"{self.name}_{hashlib.sha1(repr(sorted(self.params.items())).encode()).hexdigest()[:8]}"
 
+    def cached_pattern(self, layer_idx: int | None, num_heads: int) -> Pattern | None:
+        """One function object per (layer, heads): block masks are cached by pattern identity and
+        compiled flex kernels are reused only for the same mask function."""
+        key = (layer_idx, num_heads)
+        if key not in self._patterns:
+            self._patterns[key] = self.pattern_for(layer_idx, num_heads)
+        return self._patterns[key]
+
     def density(self, seq_len: int, num_heads: int = 1, layer_idx: int | None = None) -> float:
         key = (seq_len, num_heads, layer_idx)
         if key not in self._densities:  # the router asks on every request; the answer never changes
@@ -266,7 +278,7 @@ class AttentionMechanism:
         """The function registered in transformers' AttentionInterface."""
         if kw.get("softcap") is not None:
             raise ValueError(f"{self.name}: attention logit softcapping is not supported")
-        pattern = None if sliding_window is not None else self.pattern_for(getattr(module, "layer_idx", None), query.shape[1])
+        pattern = None if sliding_window is not None else self.cached_pattern(getattr(module, "layer_idx", None), query.shape[1])
         if pattern is None:  # full attention, or a layer the model already runs with its own window
             return sdpa_forward()(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

@@ -75,6 +75,7 @@ class HybridAttention(AttentionMechanism):
             cfg = model.config.get_text_config(decoder=True)
             types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
             self._global_order = {i: n for n, i in enumerate(i for i, t in enumerate(types) if t == "full_attention")}
+            self._patterns.clear()  # layer -> mechanism depends on this model's layout
 
     def pattern_for(self, layer_idx, num_heads):
         if self.layer_mechanisms is not None:
