@@ -28,7 +28,7 @@ from transformers.cache_utils import Cache
 from .base import KVCacheMethod, build_layers, kv_geometry
 from .kv_quant import BlockKVLayer, check_spec, check_window, decode, enc_cat, enc_drop_front, encode, min_window
 
-DEFAULT_SCHEDULE = ((8, 128), (4, 384), (2, None))
+DEFAULT_SCHEDULE = ((8, 128), (4, 2048), (2, None))  # 2-bit only past 2k tokens: it costs Gemma-3 quality
 
 
 def _nbytes(obj) -> int:
