@@ -1,0 +1,242 @@
+"""lm-eval with the optimization in the loop (DESIGN.md, "Quality with the optimization in the loop").
+
+lm-eval's own `HFLM` scores a request with one cache-less forward, so a KV-cache method never
+touches its numbers. `CacheInLoopLM` scores the way generation runs, reusing `ollm_bench.quality`:
+
+* `loglikelihood`: the context is prefilled in chunks into a *fresh* cache from `make_cache`, and
+  the continuation is fed in chunks by `score_tail`, each token predicted from that cache;
+* `loglikelihood_rolling`: lm-eval's rolling windows (the same ones HFLM builds), each scored as a
+  `loglikelihood` request through its own fresh cache;
+* `generate_until`: greedy decoding through the cache until a stop string, EOS or `max_gen_toks`.
+
+Tokenization, truncation and windowing mirror HFLM on purpose (same `tok_encode` rules, same
+left truncation to `max_length + 1`), so for the baseline cache the scores equal HFLM's within
+float tolerance (tests/test_lm_eval_model.py proves it) and any difference for another method is
+the method's. Batch size is 1: every request gets its own cache, as a serving system would.
+
+Registered with lm-eval as `ollm_cache`, e.g.
+`lm_eval.simple_evaluate(model="ollm_cache", model_args="model=gemma3_270m,optim=kv_int8", ...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import (
+    handle_stop_sequences,
+    has_bos_prefix,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+    resolve_max_length,
+)
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+
+from .errors import ConfigError
+from .quality import forward, prefill, score_tail
+
+DEFAULT_MAX_LENGTH = 2048  # HFLM's fallback when neither config nor tokenizer states a length
+
+
+class _ArgmaxTap:
+    """Stands in for the model inside `score_tail` and keeps each chunk's argmax tokens.
+
+    lm-eval's `is_greedy` needs the argmax at every scored position; tapping the very logits
+    `score_tail` computes gives it without a second forward and without copying `score_tail`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.forward = model.forward  # `quality.forward` inspects its signature for the cache kwarg
+        self.argmax: list[torch.Tensor] = []
+
+    def __call__(self, **kwargs):
+        out = self.model(**kwargs)
+        self.argmax.append(out.logits[0].argmax(-1))
+        return out
+
+
+@register_model("ollm_cache")
+class CacheInLoopLM(TemplateLM):
+    """An lm-eval `LM` whose every score passes through `make_cache(config)`'s cache.
+
+    `attach(model)`, when given, is called once (e.g. an attention mechanism's `attach`), so the
+    same object can score a KV method, an attention method, or both.
+    """
+
+    def __init__(self, model, tokenizer, make_cache: Callable, attach: Callable | None = None,
+                 max_length: int | None = None, prefill_chunk: int = 512, score_chunk: int = 64,
+                 max_gen_toks: int = 256, add_bos_token: bool | None = None, name: str = "ollm_cache"):
+        super().__init__()
+        if prefill_chunk < 1 or score_chunk < 1:
+            raise ConfigError(f"prefill_chunk and score_chunk must be >= 1 (got {prefill_chunk}, {score_chunk})")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.make_cache = make_cache
+        self.prefill_chunk, self.score_chunk = int(prefill_chunk), int(score_chunk)
+        self._max_gen_toks = int(max_gen_toks)
+        self.add_bos_token = add_bos_token
+        self.name = name
+        self._max_length = int(max_length) if max_length else None
+        if attach is not None:
+            attach(self.model)
+
+    # --- what lm-eval asks of a TemplateLM -------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        # Same rule as HFLM: BOS conditions an empty context, EOS when there is no BOS.
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        if self._max_length:
+            return self._max_length
+        hf_tok = self.tokenizer if hasattr(self.tokenizer, "model_max_length") else None
+        return resolve_max_length(self.model.config, hf_tok, default=DEFAULT_MAX_LENGTH)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        # HFLM's rules: an explicit flag wins, then `add_bos_token`, then the tokenizer's default;
+        # a string that already starts with the BOS text gets no second BOS.
+        if add_special_tokens is not None:
+            special = {"add_special_tokens": add_special_tokens}
+        elif self.add_bos_token is not None:
+            special = {"add_special_tokens": self.add_bos_token}
+        else:
+            special = {}
+        if add_special_tokens is None and has_bos_prefix(string, self.tok_decode([self.prefix_token_id], False)):
+            special["add_special_tokens"] = False
+        ids = list(self.tokenizer.encode(string, **special))
+        return ids[-left_truncate_len:] if left_truncate_len else ids
+
+    def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
+        try:
+            return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+        except TypeError:  # ollm_bench's ByteTokenizer has no special-token option (it never decodes them)
+            return self.tokenizer.decode(tokens)
+
+    # --- scoring through the cache ---------------------------------------------------------------
+
+    def _new_cache(self):
+        return self.make_cache(self.model.config)
+
+    def _score(self, prefix: list[int], tail: list[int]) -> tuple[float, bool]:
+        """(log-likelihood of `tail` after `prefix`, whether greedy decoding yields `tail`)."""
+        device = self.device
+        cache = self._new_cache()
+        last = prefill(self.model, torch.tensor([prefix], device=device), cache, self.prefill_chunk)
+        tap = _ArgmaxTap(self.model)
+        target = torch.tensor([tail], device=device)
+        nll, _ = score_tail(tap, target, cache, last, self.score_chunk)
+        # Predictions for the tail: the prefill's last logits, then every tail position but the last.
+        greedy = torch.cat([last.argmax(-1), *tap.argmax])[: len(tail)]
+        return -float(nll[0]), bool((greedy == target[0]).all())
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        out = []
+        for key, context_enc, continuation_enc in requests:
+            if not context_enc or not continuation_enc:
+                raise ConfigError(f"loglikelihood request with an empty context or continuation: {key!r}")
+            if len(continuation_enc) > self.max_length:
+                raise ConfigError(f"continuation of {len(continuation_enc)} tokens exceeds max_length {self.max_length}")
+            # HFLM's left truncation: keep the last max_length + 1 tokens (inputs are all but the last).
+            whole = (context_enc + continuation_enc)[-(self.max_length + 1):]
+            n = len(continuation_enc)
+            result = self._score(whole[:-n], whole[-n:])
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, result)
+            out.append(result)
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        out = []
+        for (string,) in [req.args for req in requests]:
+            # The same disjoint windows HFLM scores (context_len=1), each through a fresh cache.
+            windows = [
+                (None, *make_disjoint_window(w))
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1,
+                )
+            ]
+            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows))
+            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            out.append(total)
+        return out
+
+    @torch.inference_mode()
+    def _greedy(self, context_enc: list[int], until: list[str], max_gen_toks: int) -> str:
+        stop_ids = {self.eot_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        stop_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+        cache = self._new_cache()
+        logits = prefill(self.model, torch.tensor([context_enc], device=self.device), cache, self.prefill_chunk)
+        generated: list[int] = []
+        for _ in range(max_gen_toks):
+            token = int(logits.argmax(-1))
+            if token in stop_ids:
+                break
+            generated.append(token)
+            if any(s and s in self.tok_decode(generated) for s in until):
+                break
+            logits = forward(self.model, torch.tensor([[token]], device=self.device), cache, logits_to_keep=1)[:, -1]
+        return self.tok_decode(generated)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        out = []
+        for context, gen_kwargs in [req.args for req in requests]:
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+            if kwargs.get("do_sample"):
+                raise ConfigError("ollm_cache decodes greedily only; the task asks for do_sample=True")
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text)
+            max_gen_toks = int(kwargs.pop("max_gen_toks"))
+            if max_gen_toks >= self.max_length:
+                raise ConfigError(f"max_gen_toks {max_gen_toks} leaves no room for context (max_length {self.max_length})")
+            context_enc = self.tok_encode(context, left_truncate_len=self.max_length - max_gen_toks)
+            text = postprocess_generated_text(self._greedy(context_enc, until, max_gen_toks), stop=until,
+                                              think_end_token=None)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+    # --- construction from lm-eval's `model_args` string -------------------------------------------
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "CacheInLoopLM":
+        """`model=<gemma3_270m | local dir | hub id>,optim=<optim.REGISTRY name>[,prefill_chunk=..]`."""
+        from optim import REGISTRY
+
+        from .models import load_pretrained
+
+        args = simple_parse_args_string(arg_string)
+        args.update({k: v for k, v in (additional_config or {}).items() if k in ("max_length",) and v is not None})
+        source = args.pop("model", "gemma3_270m")
+        optim = args.pop("optim", "baseline")
+        if optim not in REGISTRY:
+            raise ConfigError(f"unknown optim {optim!r} for ollm_cache; choose one of {sorted(REGISTRY)}")
+        known = {"max_length", "prefill_chunk", "score_chunk", "max_gen_toks", "add_bos_token"}
+        unknown = set(args) - known
+        if unknown:
+            raise ConfigError(f"unknown ollm_cache model_args {sorted(unknown)}; known: model, optim, {sorted(known)}")
+        loaded = load_pretrained(source)
+        return cls(loaded.model, loaded.tokenizer, REGISTRY[optim].make_cache, name=f"{source}/{optim}", **args)
+
+
+__all__ = ["CacheInLoopLM"]
