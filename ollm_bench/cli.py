@@ -17,6 +17,9 @@ commands:
                  python -m ollm_bench sweep --cfg job      (print the composed config)
   report   write results/<suite>/report.md and plots from stored rows
            e.g.  python -m ollm_bench report suite=default
+  gate     run a suite (default ci) into a fresh directory and compare it with the
+           committed reference rows; exit 1 listing each regression (quality, KV bytes, failures)
+           e.g.  python -m ollm_bench gate reference=results/reference suite=ci
 """
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -37,9 +40,21 @@ def sweep(args: list[str]) -> None:
         _fail(f"{len(FAILED_RUNS)} run(s) did not succeed:\n  " + "\n  ".join(FAILED_RUNS), code=1)
 
 
+def _normalize(args: list[str]) -> list[str]:
+    """Accept `--key value` and `--key=value` as well as `key=value`."""
+    out, rest = [], iter(args)
+    for arg in rest:
+        if arg.startswith("--") and len(arg) > 2:
+            key = arg[2:]
+            out.append(key if "=" in key else f"{key}={next(rest, '')}")
+        else:
+            out.append(arg)
+    return out
+
+
 def _key_values(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
     out = dict(allowed)
-    for arg in args:
+    for arg in _normalize(args):
         key, sep, value = arg.partition("=")
         if not sep or key not in allowed:
             _fail(f"unknown argument {arg!r}; expected one of {', '.join(k + '=...' for k in allowed)}")
@@ -59,7 +74,44 @@ def report(args: list[str]) -> None:
     print(f"[ollm_bench] wrote {path}")
 
 
-COMMANDS = {"sweep": sweep, "report": report}
+def gate(args: list[str]) -> None:
+    import subprocess
+    import tempfile
+
+    from .errors import BenchError
+    from .gate import run_gate
+
+    known = {"reference": "results/reference", "suite": "ci", "results_dir": "", "run": "true",
+             "kv_tol": "0.001", "ppl_tol": "0.005"}
+    args = _normalize(args)
+    # Anything that is not a gate option is a Hydra override for the gate's sweep.
+    overrides = [a for a in args if a.partition("=")[0] not in known]
+    opts = _key_values([a for a in args if a.partition("=")[0] in known], known)
+    # Rows live under the suite's `suite_name` (the suite's own name unless overridden).
+    name = next((a.partition("=")[2] for a in reversed(overrides) if a.startswith("suite_name=")), opts["suite"])
+    reference = Path(opts["reference"]) / name
+    if not (reference / "runs.csv").exists():
+        _fail(f"no reference rows at {reference / 'runs.csv'}")
+    # A fresh directory by default: a stale run (same config hash, older code) must not be reused.
+    results_dir = opts["results_dir"] or tempfile.mkdtemp(prefix="ollm_gate_")
+    current = Path(results_dir) / name
+    if opts["run"] == "true":
+        proc = subprocess.run([sys.executable, "-m", "ollm_bench", "sweep", f"suite={opts['suite']}",
+                               f"results_dir={results_dir}", *overrides])
+        if proc.returncode == 2:
+            _fail("the gate's sweep failed on bad input (see above)")
+    try:
+        result = run_gate(current, reference, float(opts["kv_tol"]), float(opts["ppl_tol"]))
+    except BenchError as exc:
+        _fail(str(exc))
+    if result.passed:
+        print(f"[ollm_bench] gate passed: {result.checked} runs match {reference} within tolerance")
+        return
+    _fail(f"gate failed, {len(result.regressions)} regression(s) vs {reference}:\n  "
+          + "\n  ".join(result.regressions), 1)
+
+
+COMMANDS = {"sweep": sweep, "report": report, "gate": gate}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -80,8 +80,6 @@ def run_benchmark(bench: BenchConfig) -> dict:
     if max_pos is not None and bench.seq_len > max_pos:
         raise ConfigError(f"seq_len={bench.seq_len} exceeds model {bench.model.name!r} max_position_embeddings={max_pos}")
     method = instantiate(bench.optim.method)
-    if bench.optim.kind == "attention":
-        method.attach(model, seq_len=bench.seq_len)
     make_cache = (lambda: method.make_cache(config)) if hasattr(method, "make_cache") else None
     if make_cache is None:
         from optim import FullPrecisionKV
@@ -92,6 +90,9 @@ def run_benchmark(bench: BenchConfig) -> dict:
     n_docs = bench.quality.n_docs
     docs = load_documents(bench.content.name, lm.tokenizer, bench.seq_len, n_docs, bench.seed)
     ids_all = torch.tensor(docs, dtype=torch.long, device=device)
+    if bench.optim.kind == "attention":
+        # Attention methods see the request as a server would: its text (content routing) and length.
+        method.attach(model, context_text=lm.tokenizer.decode(docs[0][1:4096]), seq_len=bench.seq_len)
     score_tokens = bench.quality.score_tokens if quality else 0
 
     # Warm-up: first calls pay one-off costs (allocations, kernel selection) a server would not.

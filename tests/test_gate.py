@@ -1,0 +1,55 @@
+"""The regression gate: identical reruns pass, injected regressions fail, bad references are errors."""
+
+import shutil
+
+import pytest
+
+from tests.conftest import TINY
+
+GRID = [*TINY, "optim=baseline,kv_int8", "content=prose", "runner.isolation=inline", "suite_name=g"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    from tests.conftest import run_cli
+
+    ref = tmp_path_factory.mktemp("reference")
+    run_cli("sweep", *GRID, f"results_dir={ref}", check=0)
+    return ref
+
+
+def gate(cli, reference, *extra, check=None):
+    return cli("gate", f"--reference={reference}", *GRID, *extra, check=check)
+
+
+def test_identical_reruns_pass(cli, reference):
+    for _ in range(5):
+        assert "gate passed: 2 runs" in gate(cli, reference, check=0).stdout
+
+
+def test_broken_optimization_fails_the_gate(cli, reference):
+    proc = gate(cli, reference, "optim.method._target_=tests.broken_caches.ZeroValuesKV", check=1)
+    assert "perplexity" in proc.stderr and "baseline" in proc.stderr
+
+
+def test_larger_cache_fails_the_gate(cli, reference):
+    # kv_int8's name, a full-precision cache behind it: same config key, 4x the bytes.
+    proc = cli("gate", f"--reference={reference}", *[a for a in GRID if not a.startswith("optim=")],
+               "optim=kv_int8", "optim.method._target_=optim.base.FullPrecisionKV", check=1)
+    assert "KV bytes" in proc.stderr and "missing" in proc.stderr  # the baseline row was not run either
+
+
+def test_bad_references(cli, reference, tmp_path):
+    assert "no reference rows" in cli("gate", f"reference={tmp_path}").stderr
+    other = tmp_path / "other"
+    shutil.copytree(reference, other)
+    csv = other / "g" / "runs.csv"
+    csv.write_text(csv.read_text().replace("tiny_random", "other_model"))
+    proc = gate(cli, other, "run=false", f"results_dir={reference}")
+    assert proc.returncode == 2 and "another model" in proc.stderr
+    no_base = tmp_path / "nobase"
+    (no_base / "g").mkdir(parents=True)
+    lines = (reference / "g" / "runs.csv").read_text().splitlines(keepends=True)
+    (no_base / "g" / "runs.csv").write_text("".join([lines[0]] + [l for l in lines[1:] if ",baseline," not in l]))
+    proc = gate(cli, no_base, "run=false", f"results_dir={reference}")
+    assert proc.returncode == 2 and "no baseline rows" in proc.stderr
