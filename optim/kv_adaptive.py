@@ -35,12 +35,14 @@ from .kv_quant import SpecKVLayer, check_states, check_window, min_window
 
 PAD_TO = 64  # largest token block among the candidates: probes are padded to whole blocks
 
+# (residual, sliding window, head_dim) -> layer. Value groups shrink to fit small heads (gcd), as in the
+# tiny test models; at head_dim >= 64 they are the stated sizes.
 CANDIDATES = {
-    "kivi2": lambda r, w: KiviKVLayer(2, 32, 32, r, sliding_window=w),
-    "kivi4": lambda r, w: KiviKVLayer(4, 64, 64, r, sliding_window=w),
-    "mixed": lambda r, w: MixedPrecisionKVLayer(64, r, sliding_window=w),
-    "int8": lambda r, w: Int8KVLayer(sliding_window=w),
-    "fp16": lambda r, w: SpecKVLayer(("fp8",), ("fp8",), residual=None, sliding_window=w, name="fp16"),
+    "kivi2": lambda r, w, d: KiviKVLayer(2, 32, math.gcd(32, d), r, sliding_window=w),
+    "kivi4": lambda r, w, d: KiviKVLayer(4, 64, math.gcd(64, d), r, sliding_window=w),
+    "mixed": lambda r, w, d: MixedPrecisionKVLayer(64, r, sliding_window=w),
+    "int8": lambda r, w, d: Int8KVLayer(sliding_window=w),
+    "fp16": lambda r, w, d: SpecKVLayer(("fp8",), ("fp8",), residual=None, sliding_window=w, name="fp16"),
 }
 
 
@@ -73,8 +75,12 @@ def measure_candidates(k: torch.Tensor, v: torch.Tensor, names, residual: int) -
     vp = torch.cat([v32, v32[:, :, -1:].expand(-1, -1, pad, -1)], dim=2) if pad else v32
     out = {}
     for name in names:
-        probe = CANDIDATES[name](0, None)  # no window: every token quantized, the worst case
-        k_hat, v_hat = probe.update(kp, vp)
+        probe = CANDIDATES[name](0, None, k.shape[-1])  # no window: every token quantized, the worst case
+        try:
+            k_hat, v_hat = probe.update(kp, vp)
+        except ValueError as exc:  # a format this head_dim cannot hold (e.g. odd head_dim for packed codes)
+            out[name] = dict(error=math.inf, bytes_per_element=math.inf, unsupported=str(exc))
+            continue
         nbytes = cache_nbytes(Cache(layers=[probe]))
         out[name] = dict(
             error=attention_error(k32, v32, k_hat[:, :, :t].float(), v_hat[:, :, :t].float()),
@@ -102,8 +108,10 @@ class AdaptiveKVLayer(DynamicLayer):
         measured = measure_candidates(key_states, value_states, self.candidates, self.residual)
         ok = [n for n in self.candidates if measured[n]["error"] <= self.max_error]
         pick = min(ok, key=lambda n: measured[n]["bytes_per_element"]) if ok else min(measured, key=lambda n: measured[n]["error"])
+        if math.isinf(measured[pick]["error"]):
+            raise ValueError(f"kv_adaptive: no candidate can store head_dim {key_states.shape[-1]}: {measured}")
         self.choice = dict(name=pick, within_budget=bool(ok), measured=measured, chunk_tokens=key_states.shape[2])
-        self.inner = CANDIDATES[pick](self.residual, self.sliding_window)
+        self.inner = CANDIDATES[pick](self.residual, self.sliding_window, key_states.shape[-1])
         # `cache_nbytes` walks layer attributes; the live __dict__ of the chosen layer makes its tensors count.
         self.inner_state = vars(self.inner)
         self.device, self.is_initialized = key_states.device, True
