@@ -1,0 +1,114 @@
+"""Offline lm-eval tasks (YAML here, JSONL built on first use into `data/`; see README.md).
+
+`evaluate(lm, tasks, limit=...)` is the one entry point the quality suite needs: it resolves the
+task names against this folder only (no built-in lm-eval tasks, no hub), fails with one
+`ConfigError` line for an unknown task or a data file with bad rows, and runs
+`lm_eval.simple_evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+
+TASK_DIR = Path(__file__).resolve().parent
+
+# Required fields per task family and a check each value must pass; anything else in a row is kept.
+_TEXT = (str, lambda v: bool(v.strip()))
+SCHEMAS = {
+    "ollm_rolling_": {"text": _TEXT},
+    "ollm_cloze_": {"context": _TEXT, "target": (str, lambda v: v.startswith(" ") and bool(v.strip()))},
+    "ollm_niah_": {
+        "input": _TEXT,
+        "answer": _TEXT,
+        "depth": ((int, float), lambda v: math.isfinite(v) and 0 <= v <= 1),
+        "length": (int, lambda v: v > 0),
+    },
+}
+
+
+def _schema(task: str) -> dict:
+    for prefix, schema in SCHEMAS.items():
+        if task.startswith(prefix):
+            return schema
+    raise ConfigError(f"no row schema for task data {task!r}; known families: {sorted(SCHEMAS)}")
+
+
+def validate_rows(path: Path, task: str) -> list[dict]:
+    """Parsed rows of `path`; a `ConfigError` naming the file, line and field on the first bad one."""
+    schema = _schema(task)
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"task data {path} line {n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"task data {path} line {n}: expected a JSON object, got {type(row).__name__}")
+            for field, (kind, ok) in schema.items():
+                value = row.get(field)
+                if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
+                    raise ConfigError(f"task data {path} line {n}: field {field!r} is missing or invalid ({value!r:.60})")
+            rows.append(row)
+    if not rows:
+        raise ConfigError(f"task data {path} has no rows")
+    return rows
+
+
+def load_task_data(filename: str):
+    """The `test` split of a task's JSONL (built first if absent) as a `datasets.DatasetDict`."""
+    import datasets
+
+    from .build import BUILDERS, data_dir, write_task
+
+    path = data_dir() / filename
+    task = Path(filename).name.removesuffix(".jsonl")
+    if not path.exists():
+        if task not in BUILDERS:
+            raise ConfigError(f"task data {path} does not exist and no builder makes {task!r}")
+        try:
+            write_task(task)
+        except DataError as exc:
+            raise ConfigError(f"cannot build task data for {task!r}: {exc}") from None
+    rows = validate_rows(path, task)
+    # From the validated rows directly: no `datasets` json-builder cache that could go stale.
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def task_manager(include_defaults: bool = False):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASK_DIR), include_defaults=include_defaults)
+
+
+def task_names() -> list[str]:
+    """Our tasks and tags (ollm_rolling, ollm_niah)."""
+    return [t for t in task_manager().all_tasks if t.startswith("ollm_")]
+
+
+def check_tasks(tasks: list[str], manager=None) -> None:
+    known = set((manager or task_manager()).all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ConfigError(f"unknown task(s) {unknown}; offline tasks: {sorted(t for t in known if t.startswith('ollm_'))}")
+
+
+def evaluate(lm, tasks: list[str], limit: int | float | None = None, **kwargs) -> dict:
+    """`lm_eval.simple_evaluate` over our offline tasks; bad names or bad rows raise `ConfigError`."""
+    import lm_eval
+
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    manager = task_manager()
+    check_tasks(tasks, manager)
+    kwargs.setdefault("log_samples", False)
+    return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, **kwargs)
+
+
+__all__ = ["TASK_DIR", "check_tasks", "evaluate", "load_task_data", "task_manager", "task_names", "validate_rows"]
