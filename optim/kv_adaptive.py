@@ -54,8 +54,8 @@ def attention_error(k, v, k_hat, v_hat, probes: int = 64) -> float:
         return math.sqrt(num / max((k.norm() ** 2 + v.norm() ** 2).item(), 1e-30))
     p = min(probes, t - 1)
     q = k[:, :, t - p :]
-    pos_q = torch.arange(t - p, t).unsqueeze(1)
-    mask = torch.arange(t).unsqueeze(0) >= pos_q  # strictly causal: no key at or after the query
+    pos_q = torch.arange(t - p, t, device=k.device).unsqueeze(1)
+    mask = torch.arange(t, device=k.device).unsqueeze(0) >= pos_q  # strictly causal: no key at or after the query
     scale = 1.0 / math.sqrt(k.shape[-1])
 
     def attend(keys, values):

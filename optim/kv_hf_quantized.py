@@ -24,7 +24,12 @@ from dataclasses import dataclass
 
 import torch
 from transformers import PretrainedConfig
-from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, Fp8QuantizedLayer, QuantoQuantizedLayer
+from transformers.cache_utils import Cache, DynamicSlidingWindowLayer, QuantoQuantizedLayer
+
+try:  # transformers >= 5.2x; older ones (e.g. 5.17 on the GPU machine) have no fp8 layer
+    from transformers.cache_utils import Fp8QuantizedLayer
+except ImportError:  # pragma: no cover - depends on the installed transformers
+    Fp8QuantizedLayer = None
 
 from .base import KVCacheMethod, build_layers
 from .kv_quant import check_states
@@ -77,10 +82,14 @@ class CountedQuantoLayer(QuantoQuantizedLayer):
         self.quantized_parts = []
 
 
-class CountedFp8Layer(Fp8QuantizedLayer):
-    def update(self, key_states, value_states, *args, **kwargs):
-        check_states(key_states, value_states, "kv_hf_quantized")
-        return super().update(key_states, value_states, *args, **kwargs)
+if Fp8QuantizedLayer is not None:
+
+    class CountedFp8Layer(Fp8QuantizedLayer):
+        """transformers' per-tensor fp8 layer (its codes and scale are plain tensors: counted as-is)."""
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            check_states(key_states, value_states, "kv_hf_quantized")
+            return super().update(key_states, value_states, *args, **kwargs)
 
 
 @dataclass
@@ -100,6 +109,8 @@ class HFQuantizedKV(KVCacheMethod):
                 nbits=self.nbits, q_group_size=self.q_group_size, residual_length=self.residual_length
             )
         elif self.backend == "fp8":
+            if Fp8QuantizedLayer is None:
+                raise ValueError("kv_hf_quantized: this transformers has no Fp8QuantizedLayer (needs a newer release)")
             full = CountedFp8Layer
         else:
             raise ValueError(f"kv_hf_quantized: backend must be 'quanto' or 'fp8', got {self.backend!r}")
