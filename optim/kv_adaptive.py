@@ -151,7 +151,7 @@ class AdaptiveKVLayer(DynamicLayer):
 class AdaptiveKV(KVCacheMethod):
     """Per layer, the cheapest of `candidates` whose measured attention-output error is <= `max_error`."""
 
-    max_error: float = 0.05
+    max_error: float = 0.2  # measured on Gemma-3-270M, 2048 tokens: +1.9% prose / +1.4% code ppl, 0.38x bytes
     candidates: tuple = ("kivi2", "kivi4", "mixed", "int8", "fp16")
     residual: int = 0
 
