@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
-from .base import KVCacheMethod, build_layers, kv_geometry
-from .kv_quant import SpecKVLayer, check_spec, check_window, min_window
+from .base import KVCacheMethod
+from .kv_quant import SpecKVLayer, build_checked
 
 
 class KiviKVLayer(SpecKVLayer):
@@ -44,9 +44,6 @@ class KiviKV(KVCacheMethod):
     residual: int = 128
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
-        _, head_dim = kv_geometry(config)
-        check_spec(("channel", self.bits, self.group_size), head_dim, "kv_kivi keys")
-        check_spec(("token", self.bits, self.value_group), head_dim, "kv_kivi values")
-        check_window(self.residual, min_window(config), "kv_kivi")
+        specs = [("channel", self.bits, self.group_size), ("token", self.bits, self.value_group)]
         args = (self.bits, self.group_size, self.value_group, self.residual)
-        return build_layers(config, lambda: KiviKVLayer(*args), lambda w: KiviKVLayer(*args, sliding_window=w))
+        return build_checked(config, "kv_kivi", self.residual, specs, lambda w: KiviKVLayer(*args, sliding_window=w))

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
-from .base import KVCacheMethod, build_layers, kv_geometry
-from .kv_quant import SpecKVLayer, check_spec, check_window, min_window
+from .base import KVCacheMethod
+from .kv_quant import SpecKVLayer, build_checked
 
 
 class MixedPrecisionKVLayer(SpecKVLayer):
@@ -48,11 +48,5 @@ class MixedPrecisionKV(KVCacheMethod):
     residual: int = 0
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
-        _, head_dim = kv_geometry(config)
-        check_spec(("channel", 4, self.group_size), head_dim, "kv_mixed keys")
-        check_window(self.residual, min_window(config), "kv_mixed")
-        return build_layers(
-            config,
-            lambda: MixedPrecisionKVLayer(self.group_size, self.residual),
-            lambda w: MixedPrecisionKVLayer(self.group_size, self.residual, sliding_window=w),
-        )
+        return build_checked(config, "kv_mixed", self.residual, [("channel", 4, self.group_size)],
+                             lambda w: MixedPrecisionKVLayer(self.group_size, self.residual, sliding_window=w))

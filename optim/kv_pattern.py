@@ -26,9 +26,9 @@ import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
-from .base import KVCacheMethod, build_layers, kv_geometry
+from .base import KVCacheMethod
 from .kv_mixed import MixedPrecisionKVLayer
-from .kv_quant import check_spec, check_window, decode, enc_cat, enc_drop_front, encode, min_window
+from .kv_quant import build_checked, decode, enc_cat, enc_drop_front, encode
 
 _HASH_WEIGHTS: dict[tuple, torch.Tensor] = {}
 
@@ -135,13 +135,9 @@ class PatternAwareKV(KVCacheMethod):
     tolerance: float = 0.0
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
-        _, head_dim = kv_geometry(config)
-        check_spec(("channel", 4, self.group_size), head_dim, "kv_pattern keys")
-        check_window(self.residual, min_window(config), "kv_pattern")
         args = (self.group_size, self.residual, self.tolerance)
-        return build_layers(
-            config, lambda: PatternAwareKVLayer(*args), lambda w: PatternAwareKVLayer(*args, sliding_window=w)
-        )
+        return build_checked(config, "kv_pattern", self.residual, [("channel", 4, self.group_size)],
+                             lambda w: PatternAwareKVLayer(*args, sliding_window=w))
 
     @staticmethod
     def dedup_stats(cache: Cache) -> dict:

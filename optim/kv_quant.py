@@ -173,6 +173,18 @@ def check_window(residual: int | None, sliding_window: int | None, what: str) ->
         )
 
 
+def build_checked(config, name: str, residual, specs, factory):
+    """Validate formats and window against the model, then one layer per decoder layer via
+    `factory(sliding_window_or_None)`: bad settings fail at cache creation, not mid-forward."""
+    from .base import build_layers, kv_geometry
+
+    _, head_dim = kv_geometry(config)
+    for spec in specs:
+        check_spec(spec, head_dim, name)
+    check_window(residual, min_window(config), name)
+    return build_layers(config, lambda: factory(None), factory)
+
+
 class BlockKVLayer(DynamicLayer):
     """A cache layer with a 16-bit window of recent tokens in front of a compressed store.
 

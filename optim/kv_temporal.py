@@ -25,8 +25,8 @@ import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
-from .base import KVCacheMethod, build_layers, kv_geometry
-from .kv_quant import BlockKVLayer, check_spec, check_window, decode, enc_cat, enc_drop_front, encode, min_window
+from .base import KVCacheMethod
+from .kv_quant import BlockKVLayer, build_checked, check_spec, decode, enc_cat, enc_drop_front, encode
 
 DEFAULT_SCHEDULE = ((8, 128), (4, 2048), (2, None))  # 2-bit only past 2k tokens: it costs Gemma-3 quality
 
@@ -143,11 +143,9 @@ class TemporalKV(KVCacheMethod):
         self.schedule = normalize_schedule(self.schedule)
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
-        _, head_dim = kv_geometry(config)
-        check_window(self.residual, min_window(config), "kv_temporal")
-        TemporalKVLayer(self.schedule, self.block, self.value_group, self.residual)._check_head_dim(head_dim)
+        specs = [spec for bits, _ in self.schedule for spec in (("channel", bits, self.block), ("token", bits, self.value_group))]
         args = (self.schedule, self.block, self.value_group, self.residual)
-        return build_layers(config, lambda: TemporalKVLayer(*args), lambda w: TemporalKVLayer(*args, sliding_window=w))
+        return build_checked(config, "kv_temporal", self.residual, specs, lambda w: TemporalKVLayer(*args, sliding_window=w))
 
     @staticmethod
     def bits_by_age(cache: Cache) -> list[dict]:

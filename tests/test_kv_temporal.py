@@ -74,7 +74,7 @@ def test_bytes_target_on_gemma3_270m_geometry():
         (dict(schedule=((8, 16), (4, 8), (2, None))), "increasing"),
         (dict(schedule=((3, None),), block=4, value_group=8, residual=0), "3-bit"),
         (dict(value_group=24, residual=4), "not divisible"),
-        (dict(residual=20), "sliding window"),
+        (dict(residual=20, value_group=8), "sliding window"),
     ],
 )
 def test_bad_config_raises(kwargs, match):
