@@ -153,16 +153,26 @@ def test_task_construction_is_deterministic_and_predictable():
 @pytest.mark.integration
 def test_real_gemma_matches_hflm_and_finds_a_needle(monkeypatch):
     """Gemma-3-270M: baseline through the cache equals HFLM; a 1k NIAH prompt runs end to end."""
-    from lm_eval.models.huggingface import HFLM
-
     from ollm_bench.models import load_pretrained
-    from ollm_bench.tasks import evaluate
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(2)
-    lm = load_pretrained("gemma3_270m")
+    # This CPU runs elementwise ops ~100x slower unless denormals flush to zero; with it the
+    # test fits its 60 s budget. Restored below: it is a process-wide setting.
+    torch.set_flush_denormal(True)
+    try:
+        _gemma_checks(load_pretrained("gemma3_270m"))
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _gemma_checks(lm):
+    from lm_eval.models.huggingface import HFLM
+
+    from ollm_bench.tasks import evaluate
+
     hf = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=1, device="cpu")
-    mine = CacheInLoopLM(lm.model, lm.tokenizer, REGISTRY["baseline"].make_cache, prefill_chunk=16, score_chunk=4)
+    mine = CacheInLoopLM(lm.model, lm.tokenizer, REGISTRY["baseline"].make_cache, prefill_chunk=512, score_chunk=4)
     reqs = [Instance("loglikelihood", {}, ("The capital of France is", " Paris"), 0),
             Instance("loglikelihood", {}, ("Paul Graham wrote essays about startups and", " programming languages"), 1)]
     want, got = hf.loglikelihood(reqs), mine.loglikelihood(reqs)
