@@ -1,0 +1,60 @@
+"""notebooks/analysis.ipynb runs headless: over real (tiny-model) results, over suites with no
+usable rows, and over an empty results folder."""
+
+import time
+
+import pytest
+
+from tests.conftest import REPO, TINY, run_cli
+
+NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
+
+
+def execute(results_dir, monkeypatch) -> str:
+    """Run the notebook in a fresh `python3` kernel; returns every output's text, joined."""
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+
+    monkeypatch.setenv("OLLM_RESULTS_DIR", str(results_dir))  # the kernel inherits this environment
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    start = time.perf_counter()
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    assert time.perf_counter() - start < 60
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out.get("output_type") != "error", out
+            texts.append(out.get("text", ""))
+            texts.extend(str(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
+            if "image/png" in out.get("data", {}):
+                texts.append("<png>")
+    return "\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A real tiny sweep (baseline + kv_int8), a suite with only a header, and one with no baseline."""
+    from ollm_bench.store import COLUMNS, ResultStore
+
+    root = tmp_path_factory.mktemp("results")
+    run_cli("sweep", *TINY, "optim=baseline,kv_int8", f"results_dir={root}", check=0)
+    (root / "empty").mkdir()
+    (root / "empty" / "runs.csv").write_text(",".join(COLUMNS) + "\n")
+    rows = ResultStore(root / "single" / "runs.csv").read()
+    nobase = ResultStore(root / "nobase" / "runs.csv")
+    for _, row in rows[rows.optim == "kv_int8"].iterrows():
+        nobase.append({k: (None if v is None or v != v else v) for k, v in row.items()})
+    return root
+
+
+def test_notebook_shows_tables_and_plots(results, monkeypatch):
+    text = execute(results, monkeypatch)
+    assert "kv_int8" in text and "| content | len | optim |" in text  # the summary table
+    assert text.count("<png>") == 2  # quality vs KV bytes, speed vs length for the one summarizable suite
+    assert "suite empty: nothing to summarize: no ok rows" in text
+    assert "suite nobase: nothing to summarize: no baseline rows" in text
+
+
+def test_notebook_with_no_results(tmp_path, monkeypatch):
+    assert "no results yet" in execute(tmp_path, monkeypatch)
