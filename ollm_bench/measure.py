@@ -57,15 +57,27 @@ def _peak_memory(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+STAT_HOOKS = ("stats", "dedup_stats", "bits_by_age", "choices")  # a method's self-report, by name
+
+
+def _json_safe(value):
+    return value if isinstance(value, (int, float, str, list, dict, bool, type(None))) else repr(value)
+
+
 def _method_stats(method, cache) -> dict:
-    """Whatever a method reports about itself (dedup ratio, bit schedule, choices), JSON-safe."""
-    stats = getattr(method, "stats", None)
-    if callable(stats):
-        try:
-            return {k: v for k, v in stats(cache).items() if isinstance(v, (int, float, str, list, dict, bool))}
-        except Exception as exc:  # a method's self-report must not sink the measurement
-            return {"stats_error": repr(exc)}
-    return {}
+    """What a method reports about itself (dedup ratio, bits by age, per-layer choices, router pick)."""
+    out = {}
+    for hook in STAT_HOOKS:
+        fn = getattr(method, hook, None)
+        if callable(fn):
+            try:
+                out[hook] = _json_safe(fn(cache))
+            except Exception as exc:  # a method's self-report must not sink the measurement
+                out[f"{hook}_error"] = repr(exc)
+    last = getattr(method, "last", None)
+    if isinstance(last, dict) and "choice" in last:
+        out["router_choice"] = str(last["choice"])
+    return out
 
 
 def run_benchmark(bench: BenchConfig) -> dict:

@@ -4,17 +4,52 @@ Adding a method: one module here, an entry in `REGISTRY`, one YAML in `conf/opti
 and a row in the README's optimization table.
 """
 
+from .attention_router import AttentionRouter
+from .attn_full import FullAttention
+from .attn_hybrid import HybridAttention, make_mechanism
+from .attn_multiscale import MultiScaleAttention
+from .attn_sliding import SlidingSinkAttention
+from .attn_sparse import BlockSparseAttention
 from .base import FullPrecisionKV, KVCacheMethod, cache_nbytes, layer_specs, plain_kv_bytes
+from .content_classifier import classify
 from .kv_int8 import Int8KV, Int8KVLayer
+from .predictive_memory import PredictiveMemoryManager
+from .static_kv_arena import GraphedDecoder, StaticArenaKV, StaticKVArena
+from .tensor_pool import TensorPool
 
 # Ready-made instances with default settings, by the `optim` name used in configs and results.
 REGISTRY: dict[str, KVCacheMethod] = {
     "baseline": FullPrecisionKV(),
     "kv_int8": Int8KV(),
+    "static_arena": StaticArenaKV(),
+}
+
+# Attention mechanisms (not caches): `attach(model, context_text=, seq_len=)` swaps the model's
+# attention on its global layers; `detach(model)` restores it.
+ATTENTION = {
+    "attn_full": FullAttention(),
+    "attn_sliding": SlidingSinkAttention(),
+    "attn_sparse": BlockSparseAttention(),
+    "attn_multiscale": MultiScaleAttention(),
+    "attn_hybrid": HybridAttention(),
 }
 
 __all__ = [
+    "ATTENTION",
     "REGISTRY",
+    "AttentionRouter",
+    "BlockSparseAttention",
+    "FullAttention",
+    "GraphedDecoder",
+    "HybridAttention",
+    "MultiScaleAttention",
+    "PredictiveMemoryManager",
+    "SlidingSinkAttention",
+    "StaticArenaKV",
+    "StaticKVArena",
+    "TensorPool",
+    "classify",
+    "make_mechanism",
     "FullPrecisionKV",
     "Int8KV",
     "Int8KVLayer",
