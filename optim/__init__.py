@@ -12,7 +12,13 @@ from .attn_sliding import SlidingSinkAttention
 from .attn_sparse import BlockSparseAttention
 from .base import FullPrecisionKV, KVCacheMethod, cache_nbytes, layer_specs, plain_kv_bytes
 from .content_classifier import classify
+from .kv_adaptive import AdaptiveKV
+from .kv_hf_quantized import HFQuantizedKV
 from .kv_int8 import Int8KV, Int8KVLayer
+from .kv_kivi import KiviKV
+from .kv_mixed import MixedPrecisionKV
+from .kv_pattern import PatternAwareKV
+from .kv_temporal import TemporalKV
 from .predictive_memory import PredictiveMemoryManager
 from .static_kv_arena import GraphedDecoder, StaticArenaKV, StaticKVArena
 from .tensor_pool import TensorPool
@@ -21,6 +27,13 @@ from .tensor_pool import TensorPool
 REGISTRY: dict[str, KVCacheMethod] = {
     "baseline": FullPrecisionKV(),
     "kv_int8": Int8KV(),
+    "kv_mixed": MixedPrecisionKV(),
+    "kv_temporal": TemporalKV(),
+    "kv_pattern": PatternAwareKV(),
+    "kv_adaptive": AdaptiveKV(),
+    "kv_kivi": KiviKV(),
+    "kv_hf_int4": HFQuantizedKV(nbits=4),
+    "kv_hf_int2": HFQuantizedKV(nbits=2),
     "static_arena": StaticArenaKV(),
 }
 
@@ -37,6 +50,12 @@ ATTENTION = {
 __all__ = [
     "ATTENTION",
     "REGISTRY",
+    "AdaptiveKV",
+    "HFQuantizedKV",
+    "KiviKV",
+    "MixedPrecisionKV",
+    "PatternAwareKV",
+    "TemporalKV",
     "AttentionRouter",
     "BlockSparseAttention",
     "FullAttention",
