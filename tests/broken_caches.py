@@ -8,17 +8,16 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from optim.base import KVCacheMethod, build_layers
 
 
-class _ZeroValues:
-    def update(self, key_states, value_states, *args, **kwargs):
-        return super().update(key_states, torch.zeros_like(value_states), *args, **kwargs)
+def _replacing_values(fill: float):
+    """A cache whose layers store `fill` instead of every value state (global and sliding layers)."""
 
+    class Replace:
+        def update(self, key_states, value_states, *args, **kwargs):
+            return super().update(key_states, torch.full_like(value_states, fill), *args, **kwargs)
 
-class ZeroValuesLayer(_ZeroValues, DynamicLayer):
-    pass
-
-
-class ZeroValuesSlidingLayer(_ZeroValues, DynamicSlidingWindowLayer):
-    pass
+    full = type("ReplacedValuesLayer", (Replace, DynamicLayer), {})
+    sliding = type("ReplacedValuesSlidingLayer", (Replace, DynamicSlidingWindowLayer), {})
+    return lambda config: build_layers(config, full, lambda w: sliding(sliding_window=w))
 
 
 @dataclass
@@ -26,7 +25,15 @@ class ZeroValuesKV(KVCacheMethod):
     """Stores every value as zeros: attention outputs vanish."""
 
     def make_cache(self, config):
-        return build_layers(config, ZeroValuesLayer, lambda w: ZeroValuesSlidingLayer(sliding_window=w))
+        return _replacing_values(0.0)(config)
+
+
+@dataclass
+class NaNValuesKV(KVCacheMethod):
+    """Stores NaN values: perplexity becomes NaN, which must never reach the store as a number."""
+
+    def make_cache(self, config):
+        return _replacing_values(float("nan"))(config)
 
 
 @dataclass
@@ -35,27 +42,6 @@ class CrashingKV(KVCacheMethod):
 
     def make_cache(self, config):
         raise RuntimeError("deliberate crash in make_cache")
-
-
-class _NaNValues:
-    def update(self, key_states, value_states, *args, **kwargs):
-        return super().update(key_states, torch.full_like(value_states, float("nan")), *args, **kwargs)
-
-
-class NaNValuesLayer(_NaNValues, DynamicLayer):
-    pass
-
-
-class NaNValuesSlidingLayer(_NaNValues, DynamicSlidingWindowLayer):
-    pass
-
-
-@dataclass
-class NaNValuesKV(KVCacheMethod):
-    """Stores NaN values: perplexity becomes NaN, which must never reach the store as a number."""
-
-    def make_cache(self, config):
-        return build_layers(config, NaNValuesLayer, lambda w: NaNValuesSlidingLayer(sliding_window=w))
 
 
 @dataclass
