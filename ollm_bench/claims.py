@@ -308,12 +308,14 @@ def router_learning(r: Results) -> Evidence:
     if not path.exists():
         return NO_DATA
     data = json.loads(path.read_text())
-    runs = data["per_run"]
+    runs = data["runs"]
     first, last = runs[0]["cost"], runs[-1]["cost"]
     gain = 1 - last / first
+    regrets = ", ".join(f"{r['regret']:+.2f}" for r in runs)
     return Evidence(gain, n=len(runs), device=data.get("device", ""),
-                    detail=f"router cost run 1 {first:.3f} s -> run {len(runs)} {last:.3f} s; best fixed in hindsight "
-                    f"{data.get('best_fixed')} {data.get('best_fixed_cost', float('nan')):.3f} s")
+                    detail=f"router cost on a fixed {len(data.get('workload', []))}-request workload: run 1 {first:.2f} s "
+                    f"-> run {len(runs)} {last:.2f} s (regret per run vs best fixed {data.get('best_fixed')}: {regrets} s; "
+                    f"quality violations per run: {[r['violations'] for r in runs]})")
 
 
 METRICS = {f.__name__: f for f in (

@@ -20,6 +20,9 @@ commands:
   gate     run a suite (default ci) into a fresh directory and compare it with the
            committed reference rows; exit 1 listing each regression (quality, KV bytes, failures)
            e.g.  python -m ollm_bench gate reference=results/reference suite=ci
+  tasks    suite=quality: offline lm-eval tasks (cloze, needle-in-a-haystack, rolling ppl)
+           through each optimization's cache; results/quality/tasks.csv with the paired gate
+           e.g.  python -m ollm_bench tasks optims=kv_int8,kv_mixed limit=20
   claims   compute a verdict for each claim of the report from stored rows; writes
            results/claims.md and the README's claims table
 """
@@ -139,7 +142,21 @@ def claims(args: list[str]) -> None:
     print(f"[ollm_bench] wrote {out}")
 
 
-COMMANDS = {"sweep": sweep, "report": report, "gate": gate, "claims": claims}
+def tasks(args: list[str]) -> None:
+    from .errors import BenchError
+    from .task_suite import DEFAULT_TASKS, run_tasks
+
+    opts = _key_values(args, {"optims": "baseline,kv_int8", "tasks": ",".join(DEFAULT_TASKS), "limit": "20",
+                              "results_dir": "results"})
+    try:
+        table = run_tasks(opts["optims"].split(","), opts["tasks"].split(","), int(opts["limit"]),
+                          Path(opts["results_dir"]))
+    except BenchError as exc:
+        _fail(str(exc))
+    print(table.to_string(index=False))
+
+
+COMMANDS = {"sweep": sweep, "report": report, "gate": gate, "claims": claims, "tasks": tasks}
 
 
 def main(argv: list[str] | None = None) -> None:
