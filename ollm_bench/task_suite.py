@@ -67,7 +67,13 @@ def paired_delta(metric: str, opt: dict[int, object], base: dict[int, object], s
 
 
 def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path) -> pd.DataFrame:
+    import os
+
     import torch
+
+    # Everything is local; never let `datasets`/`huggingface_hub` reach for a hub.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from optim import ATTENTION, REGISTRY
 
