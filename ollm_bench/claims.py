@@ -232,18 +232,29 @@ def repetitive_advantage(r: Results, optim: str) -> Evidence:
 
 
 def bits_fall_with_age(r: Results, optim: str) -> Evidence:
-    rows = _ok(r.csv("kv/runs.csv"), optim=optim)
-    stats = [s for s in rows.method_stats.dropna()] if not rows.empty else []
+    """From the method's own `bits_by_age` report at the longest stored length: within every layer,
+    bits per stored element must not rise with age, and the oldest tier must hold fewer than the newest."""
     import json
 
-    for raw in stats:
-        tiers = json.loads(raw).get("bits_by_age") if isinstance(raw, str) else None
-        if tiers:
-            bits = [t.get("bits") for t in tiers]
-            falls = all(a >= b for a, b in zip(bits, bits[1:])) and bits[0] > bits[-1]
-            return Evidence(1.0 if falls else 0.0, n=len(stats), device=rows.device.iloc[0],
-                            detail=f"bits per element from newest to oldest tier: {tiers}")
-    return NO_DATA
+    rows = _ok(r.csv("kv/runs.csv"), optim=optim)
+    if rows.empty:
+        return NO_DATA
+    row = rows.sort_values("seq_len").iloc[-1]
+    tiers = json.loads(row.method_stats).get("bits_by_age") if isinstance(row.method_stats, str) else None
+    if not tiers:
+        return NO_DATA
+    by_layer: dict[int, list] = {}
+    for t in tiers:
+        by_layer.setdefault(t["layer"], []).append(t)
+    falls = True
+    for layer_tiers in by_layer.values():
+        bits = [t["bits_per_element"] for t in sorted(layer_tiers, key=lambda t: t["age_from"])]
+        falls &= all(a >= b for a, b in zip(bits, bits[1:])) and (len(bits) == 1 or bits[0] > bits[-1])
+    deepest = max(by_layer.values(), key=len)
+    schedule = ", ".join(f"age {t['age_from']}-{t['age_to']}: {t['bits_per_element']:.2f} b" for t in
+                         sorted(deepest, key=lambda t: t["age_from"]))
+    return Evidence(1.0 if falls else 0.0, n=len(by_layer), device=row.device,
+                    detail=f"{len(by_layer)} layers at {int(row.seq_len)} tokens; deepest layer: {schedule}")
 
 
 def _attention_quality(r: Results) -> pd.DataFrame:
@@ -258,7 +269,9 @@ def routed_attention_speedup(r: Results, seq_len: int) -> Evidence:
     quality = _attention_quality(r)
     if gpu.empty or quality.empty or "gate" not in quality:
         return NO_DATA
-    allowed = [m for m, g in quality.groupby("optim") if m.startswith("attn_") and (g.gate == "pass").all()]
+    # attn_full is the reference itself, not an optimization a router could gain from.
+    allowed = [m for m, g in quality.groupby("optim")
+               if m.startswith("attn_") and m != "attn_full" and (g.gate == "pass").all()]
     sdpa = gpu[gpu.mechanism == "sdpa"].iloc[0]
     cand = gpu[gpu.mechanism.isin(allowed)]
     if cand.empty:
@@ -276,7 +289,8 @@ def per_content_speedup(r: Results) -> Evidence:
     if quality.empty or "gate" not in quality:
         return NO_DATA
     best = {}
-    for content, g in quality[quality.optim.str.startswith("attn_")].groupby("content"):
+    optimized = quality[quality.optim.str.startswith("attn_") & (quality.optim != "attn_full")]
+    for content, g in optimized.groupby("content"):
         ok = g[g.gate == "pass"]
         best[content] = float(ok.prefill_ratio.max() - 1) if len(ok) else 0.0
     return _spread(pd.Series(best), len(quality), quality.device.iloc[0],
