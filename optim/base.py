@@ -101,6 +101,38 @@ def cache_nbytes(cache: Cache) -> int:
     return total
 
 
+def map_tensors(obj, fn):
+    """Apply `fn` to every tensor in a nest of dicts/lists (for batch reorder/select/repeat)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [map_tensors(v, fn) for v in obj]
+    return obj
+
+
+class BatchedStateMixin:
+    """Beam reorder and batch select/repeat for cache layers whose stored state (the attributes
+    named in `_batched`, tensors or nests of them) has batch as dim 0."""
+
+    _batched: tuple[str, ...] = ()
+
+    def _apply(self, fn) -> None:
+        if self.is_initialized:
+            for name in self._batched:
+                setattr(self, name, map_tensors(getattr(self, name), fn))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._apply(lambda t: t[indices, ...])
+
+
 class KVCacheMethod(ABC):
     """A KV-cache optimization: one hook that builds a fresh cache for a model config."""
 

@@ -18,7 +18,7 @@ import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .base import KVCacheMethod, build_layers
+from .base import BatchedStateMixin, KVCacheMethod, build_layers
 
 
 def quantize_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,10 +36,11 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (q.float() * scale.float()).to(dtype)
 
 
-class Int8KVLayer(DynamicLayer):
+class Int8KVLayer(BatchedStateMixin, DynamicLayer):
     """A global-attention layer holding int8 codes + fp16 scales instead of 16/32-bit states."""
 
     is_croppable = False
+    _batched = ("keys_q", "values_q", "keys_scale", "values_scale")
 
     def __init__(self, sliding_window: int | None = None, **kwargs):
         super().__init__()
@@ -99,19 +100,6 @@ class Int8KVLayer(DynamicLayer):
         self.cumulative_length = 0
         self.is_initialized = False
 
-    def _apply(self, fn) -> None:
-        if self.is_initialized:
-            self.keys_q, self.values_q = fn(self.keys_q), fn(self.values_q)
-            self.keys_scale, self.values_scale = fn(self.keys_scale), fn(self.values_scale)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._apply(lambda t: t[indices, ...])
 
 
 @dataclass

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from .base import BatchedStateMixin
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FP16_MAX = torch.finfo(torch.float16).max
 FP8 = torch.float8_e4m3fn
@@ -144,17 +146,6 @@ def enc_len(enc: dict | None) -> int:
     return 0 if enc is None else enc["codes"].shape[2]
 
 
-def map_tensors(obj, fn):
-    """Apply `fn` to every tensor in a nest of dicts/lists (for batch reorder/select/repeat)."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [map_tensors(v, fn) for v in obj]
-    return obj
-
-
 def min_window(config) -> int | None:
     """The shortest sliding window among the model's layers (None if all are global)."""
     from .base import layer_specs
@@ -185,7 +176,7 @@ def build_checked(config, name: str, residual, specs, factory):
     return build_layers(config, lambda: factory(None), factory)
 
 
-class BlockKVLayer(DynamicLayer):
+class BlockKVLayer(BatchedStateMixin, DynamicLayer):
     """A cache layer with a 16-bit window of recent tokens in front of a compressed store.
 
     New tokens enter the window; whenever it holds `residual + block` tokens or more, its oldest whole
@@ -293,20 +284,6 @@ class BlockKVLayer(DynamicLayer):
         self._reset_store()
         self.cumulative_length = 0
         self.is_initialized = False
-
-    def _apply(self, fn) -> None:
-        if self.is_initialized:
-            for name in self._batched:
-                setattr(self, name, map_tensors(getattr(self, name), fn))
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._apply(lambda t: t[indices, ...])
 
 
 class SpecKVLayer(BlockKVLayer):
