@@ -133,6 +133,24 @@ class BatchedStateMixin:
         self._apply(lambda t: t[indices, ...])
 
 
+class WindowedLengthMixin:
+    """Length and mask bookkeeping for layers that count tokens in `cumulative_length` and keep
+    `sliding_window - 1` of them on sliding layers (`sliding_window=None`: a global layer), the way
+    transformers' `DynamicSlidingWindowLayer` reports them to the mask builder."""
+
+    def get_seq_length(self) -> int:
+        return self.cumulative_length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        if self.sliding_window is None:
+            return self.cumulative_length + query_length, 0
+        kv_offset = max(self.cumulative_length - self.sliding_window + 1, 0)
+        return min(self.cumulative_length, self.sliding_window - 1) + query_length, kv_offset
+
+    def get_max_length(self) -> int:
+        return -1 if self.sliding_window is None else self.sliding_window
+
+
 class KVCacheMethod(ABC):
     """A KV-cache optimization: one hook that builds a fresh cache for a model config."""
 

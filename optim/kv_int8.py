@@ -18,7 +18,7 @@ import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer
 
-from .base import BatchedStateMixin, KVCacheMethod, build_layers
+from .base import BatchedStateMixin, KVCacheMethod, WindowedLengthMixin, build_layers
 
 
 def quantize_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +36,7 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (q.float() * scale.float()).to(dtype)
 
 
-class Int8KVLayer(BatchedStateMixin, DynamicLayer):
+class Int8KVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
     """A global-attention layer holding int8 codes + fp16 scales instead of 16/32-bit states."""
 
     is_croppable = False
@@ -80,19 +80,6 @@ class Int8KVLayer(BatchedStateMixin, DynamicLayer):
             dequantize_int8(keys_q, keys_s, key_states.dtype),
             dequantize_int8(values_q, values_s, value_states.dtype),
         )
-
-    def get_seq_length(self) -> int:
-        return self.cumulative_length
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        if self.sliding_window is None:
-            return self.cumulative_length + query_length, 0
-        kv_offset = max(self.cumulative_length - self.sliding_window + 1, 0)
-        kv_length = min(self.cumulative_length, self.sliding_window - 1) + query_length
-        return kv_length, kv_offset
-
-    def get_max_length(self) -> int:
-        return -1 if self.sliding_window is None else self.sliding_window
 
     def reset(self) -> None:
         self.keys_q = self.values_q = self.keys_scale = self.values_scale = None

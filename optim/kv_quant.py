@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from .base import BatchedStateMixin
+from .base import BatchedStateMixin, WindowedLengthMixin
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FP16_MAX = torch.finfo(torch.float16).max
@@ -176,7 +176,7 @@ def build_checked(config, name: str, residual, specs, factory):
     return build_layers(config, lambda: factory(None), factory)
 
 
-class BlockKVLayer(BatchedStateMixin, DynamicLayer):
+class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
     """A cache layer with a 16-bit window of recent tokens in front of a compressed store.
 
     New tokens enter the window; whenever it holds `residual + block` tokens or more, its oldest whole
@@ -263,18 +263,6 @@ class BlockKVLayer(BatchedStateMixin, DynamicLayer):
             self._drop_front(drop)
         if self._store_len() == 0 and self.res_k.shape[-2] > keep:  # plain 16-bit mode (residual=None)
             self.res_k, self.res_v = self.res_k[:, :, -keep:].contiguous(), self.res_v[:, :, -keep:].contiguous()
-
-    def get_seq_length(self) -> int:
-        return self.cumulative_length
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        if self.sliding_window is None:
-            return self.cumulative_length + query_length, 0
-        kv_offset = max(self.cumulative_length - self.sliding_window + 1, 0)
-        return min(self.cumulative_length, self.sliding_window - 1) + query_length, kv_offset
-
-    def get_max_length(self) -> int:
-        return -1 if self.sliding_window is None else self.sliding_window
 
     def stored_tokens(self) -> int:
         return self._store_len() + (0 if self.res_k is None else self.res_k.shape[-2])
