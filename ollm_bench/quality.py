@@ -47,7 +47,13 @@ class DocumentPass:
 
 @torch.inference_mode()
 def prefill(model, ids: torch.Tensor, cache, chunk: int) -> torch.Tensor:
-    """Chunked prefill of `ids` into `cache`; returns the logits of the last position."""
+    """Chunked prefill of `ids` into `cache`; returns the logits of the last position.
+
+    A cache with `one_shot_prefill = True` (kvpress presses, which compress once at the end of
+    the prefill) gets the whole context in one forward.
+    """
+    if getattr(cache, "one_shot_prefill", False):
+        chunk = ids.shape[1]
     logits = None
     for start in range(0, ids.shape[1], chunk):
         logits = forward(model, ids[:, start : start + chunk], cache, logits_to_keep=1)

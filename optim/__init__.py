@@ -8,6 +8,7 @@ from .attention_router import AttentionRouter
 from .attn_full import FullAttention
 from .attn_hybrid import HybridAttention, make_mechanism
 from .attn_multiscale import MultiScaleAttention
+from .attn_native_sliding import NativeSlidingWindowAttention
 from .attn_sliding import SlidingSinkAttention
 from .attn_sparse import BlockSparseAttention
 from .base import FullPrecisionKV, KVCacheMethod, cache_nbytes, layer_specs, plain_kv_bytes
@@ -18,6 +19,7 @@ from .kv_int8 import Int8KV, Int8KVLayer
 from .kv_kivi import KiviKV
 from .kv_mixed import MixedPrecisionKV
 from .kv_pattern import PatternAwareKV
+from .kv_press import KVPressPeer
 from .kv_temporal import TemporalKV
 from .predictive_memory import PredictiveMemoryManager
 from .static_kv_arena import GraphedDecoder, StaticArenaKV, StaticKVArena
@@ -35,6 +37,9 @@ REGISTRY: dict[str, KVCacheMethod] = {
     "kv_hf_int4": HFQuantizedKV(nbits=4),
     "kv_hf_int2": HFQuantizedKV(nbits=2),
     "static_arena": StaticArenaKV(),
+    # kvpress peers evict tokens after the prefill: they also hook the model (`attach`/`detach`).
+    "kvpress_streaming": KVPressPeer(press="streaming_llm", compression_ratio=0.5),
+    "kvpress_snapkv": KVPressPeer(press="snapkv", compression_ratio=0.5),
 }
 
 # Attention mechanisms (not caches): `attach(model, context_text=, seq_len=)` swaps the model's
@@ -45,6 +50,7 @@ ATTENTION = {
     "attn_sparse": BlockSparseAttention(),
     "attn_multiscale": MultiScaleAttention(),
     "attn_hybrid": HybridAttention(),
+    "attn_native_sliding": NativeSlidingWindowAttention(),  # peer: transformers' own window mask
 }
 
 __all__ = [
@@ -53,6 +59,8 @@ __all__ = [
     "AdaptiveKV",
     "HFQuantizedKV",
     "KiviKV",
+    "KVPressPeer",
+    "NativeSlidingWindowAttention",
     "MixedPrecisionKV",
     "PatternAwareKV",
     "TemporalKV",
