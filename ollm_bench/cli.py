@@ -147,10 +147,10 @@ def tasks(args: list[str]) -> None:
     from .task_suite import DEFAULT_TASKS, run_tasks
 
     opts = _key_values(args, {"optims": "baseline,kv_int8", "tasks": ",".join(DEFAULT_TASKS), "limit": "20",
-                              "results_dir": "results"})
+                              "results_dir": "results", "force": "false"})
     try:
         table = run_tasks(opts["optims"].split(","), opts["tasks"].split(","), int(opts["limit"]),
-                          Path(opts["results_dir"]))
+                          Path(opts["results_dir"]), force=opts["force"].lower() in ("1", "true", "yes"))
     except BenchError as exc:
         _fail(str(exc))
     print(table.to_string(index=False))

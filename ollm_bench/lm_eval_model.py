@@ -63,11 +63,13 @@ class CacheInLoopLM(TemplateLM):
     """An lm-eval `LM` whose every score passes through `make_cache(config)`'s cache.
 
     `attach(model)`, when given, is called once (e.g. an attention mechanism's `attach`), so the
-    same object can score a KV method, an attention method, or both.
+    same object can score a KV method, an attention method, or both. `route(model, context_text=,
+    seq_len=)`, when given, is called before every request with that request's context (a
+    content-aware router picks per request, as a server would).
     """
 
     def __init__(self, model, tokenizer, make_cache: Callable, attach: Callable | None = None,
-                 max_length: int | None = None, prefill_chunk: int = 512, score_chunk: int = 64,
+                 route: Callable | None = None, max_length: int | None = None, prefill_chunk: int = 512, score_chunk: int = 64,
                  max_gen_toks: int = 256, add_bos_token: bool | None = None, name: str = "ollm_cache"):
         super().__init__()
         if prefill_chunk < 1 or score_chunk < 1:
@@ -80,6 +82,7 @@ class CacheInLoopLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.name = name
         self._max_length = int(max_length) if max_length else None
+        self.route = route
         if attach is not None:
             attach(self.model)
 
@@ -133,13 +136,15 @@ class CacheInLoopLM(TemplateLM):
 
     # --- scoring through the cache ---------------------------------------------------------------
 
-    def _new_cache(self):
+    def _new_cache(self, context: list[int]):
+        if self.route is not None:
+            self.route(self.model, context_text=self.tok_decode(context), seq_len=len(context))
         return self.make_cache(self.model.config)
 
     def _score(self, prefix: list[int], tail: list[int]) -> tuple[float, bool]:
         """(log-likelihood of `tail` after `prefix`, whether greedy decoding yields `tail`)."""
         device = self.device
-        cache = self._new_cache()
+        cache = self._new_cache(prefix)
         last = prefill(self.model, torch.tensor([prefix], device=device), cache, self.prefill_chunk)
         tap = _ArgmaxTap(self.model)
         target = torch.tensor([tail], device=device)
@@ -185,7 +190,7 @@ class CacheInLoopLM(TemplateLM):
         stop_ids = {self.eot_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         stop_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        cache = self._new_cache()
+        cache = self._new_cache(context_enc)
         logits = prefill(self.model, torch.tensor([context_enc], device=self.device), cache, self.prefill_chunk)
         generated: list[int] = []
         for _ in range(max_gen_toks):

@@ -1,10 +1,13 @@
 """`suite=quality`: our offline lm-eval tasks for the baseline and each optimization, scored
 through the optimized cache (`CacheInLoopLM`), with a paired gate against the baseline.
 
-    python -m ollm_bench tasks [optims=baseline,kv_int8,...] [tasks=...] [limit=20] [results_dir=results]
+    python -m ollm_bench tasks [optims=baseline,kv_int8,...] [tasks=...] [limit=20] [results_dir=results] [force=false]
 
-Rows go to `results/quality/tasks.csv` (one per optim x task x metric) and per-document scores to
-`results/quality/samples.jsonl`, so deltas are paired over the same documents:
+Each optim is built from `conf/optim/<name>.yaml`, as in sweeps (the router with exploration off,
+routing every request by its own text). Per-document scores accumulate in
+`results/quality/samples.jsonl`: an (optim, task) already there with the same `limit` is skipped,
+each finished one is saved at once, and `results/quality/tasks.csv` (one row per optim x task x
+metric) is rebuilt from all of them, so deltas are paired over the same documents:
 - accuracy metrics (acc, exact_match): drop in points, gate passes if the CI's upper end <= 2 points;
 - perplexity metrics: ppl_opt / ppl_base - 1, gate passes if the CI's upper end <= 2 %.
 Both with a 95 % bootstrap CI over documents (DESIGN.md's gate).
@@ -66,61 +69,134 @@ def paired_delta(metric: str, opt: dict[int, object], base: dict[int, object], s
     return point, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
 
 
-def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path) -> pd.DataFrame:
+def load_method(name: str):
+    """The optimization as the sweeps configure it: `conf/optim/<name>.yaml`'s `method`."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from .app import CONF_DIR
+
+    known = sorted(p.stem for p in (Path(CONF_DIR) / "optim").glob("*.yaml"))
+    if name not in known:
+        raise ConfigError(f"unknown optim {name!r}; known: {known}")
+    method = instantiate(OmegaConf.load(Path(CONF_DIR) / "optim" / f"{name}.yaml").method)
+    if hasattr(method, "exploration"):
+        method.exploration = 0.0  # the router is judged on what it learned, not on its exploring
+    return method
+
+
+def task_max_length(task: str, max_gen_toks: int = 16) -> int:
+    """Context budget: a needle prompt's full length plus the answer; 2048 otherwise."""
+    from .tasks.build import NIAH_LENGTHS
+
+    size = task.rsplit("_", 1)[-1]
+    if task.startswith("ollm_niah_") and size in NIAH_LENGTHS:
+        return NIAH_LENGTHS[size] + max_gen_toks
+    return 2048
+
+
+def _read_samples(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    entries = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            entry["per_doc"] = {m: {int(d): v for d, v in docs.items()} for m, docs in entry["per_doc"].items()}
+            entries.append(entry)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path}:{i}: corrupt samples line ({exc}); move the file away to start over") from exc
+    return entries
+
+
+def _write_samples(path: Path, entries: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")  # replace atomically: a crash mid-write keeps the old file
+    with open(tmp, "w") as fh:
+        for e in entries:
+            fh.write(json.dumps(e) + "\n")
+    tmp.replace(path)
+
+
+def _table(entries: list[dict], device: str) -> pd.DataFrame:
+    base = {e["task"]: e for e in entries if e["optim"] == "baseline"}
+    rows = []
+    for e in entries:
+        for metric, docs in e["per_doc"].items():
+            row = {"optim": e["optim"], "task": e["task"], "metric": metric, "n_docs": len(docs),
+                   "value": _aggregate(metric, list(docs.values())), "limit": e["limit"],
+                   "device": e.get("device", device), "started_at": e.get("started_at", ""),
+                   "router_choices": json.dumps(e["router_choices"]) if e.get("router_choices") else ""}
+            if e["optim"] != "baseline" and e["task"] in base:
+                point, lo, hi = paired_delta(metric, docs, base[e["task"]]["per_doc"][metric])
+                unit = 100.0 if metric in ACCURACY else 1.0  # gate budget: 2 points or 2 %
+                row.update(loss=point, loss_ci_low=lo, loss_ci_high=hi,
+                           loss_unit="points" if metric in ACCURACY else "relative",
+                           gate=gate_verdict(lo / unit, hi / unit))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path, force: bool = False) -> pd.DataFrame:
+    """Run each (optim, task) not already stored with the same `limit` (or all, with `force`),
+    saving after each, then rebuild `tasks.csv` from every stored result."""
     import os
+    from collections import Counter
 
     import torch
+    from tqdm import tqdm
 
     # Everything is local; never let `datasets`/`huggingface_hub` reach for a hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from optim import ATTENTION, REGISTRY
+    from optim import REGISTRY
 
     from .lm_eval_model import CacheInLoopLM
     from .measure import device_name
     from .models import load_pretrained
-    from .tasks import evaluate
+    from .tasks import check_tasks, evaluate, task_manager
 
-    unknown = [o for o in optims if o not in REGISTRY and o not in ATTENTION]
-    if unknown:
-        raise ConfigError(f"unknown optim(s) {unknown}; known: {sorted(REGISTRY) + sorted(ATTENTION)}")
     if "baseline" not in optims:
         optims = ["baseline", *optims]
+    methods = {name: load_method(name) for name in optims}
+    check_tasks(tasks, task_manager())
     out_dir = Path(results_dir) / "quality"
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_flush_denormal(True)
-    lm = load_pretrained("gemma3_270m")
-    per_doc: dict[str, dict] = {}
-    for optim in optims:
-        method = REGISTRY.get(optim) or REGISTRY["baseline"]
-        attention = ATTENTION.get(optim)
-        if attention is not None:
-            attention.attach(lm.model)
+    samples_path = out_dir / "samples.jsonl"
+    entries = _read_samples(samples_path)
+    done = {(e["optim"], e["task"]) for e in entries if e["limit"] == limit}
+    todo = [(o, t) for o in optims for t in tasks if force or (o, t) not in done]
+    device = device_name(torch.device("cpu"))
+    if todo:
+        torch.set_flush_denormal(True)
+        lm = load_pretrained("gemma3_270m")
+    for optim, task in tqdm(todo, desc="suite=quality", unit="task"):
+        method = methods[optim]
+        make_cache = getattr(method, "make_cache", REGISTRY["baseline"].make_cache)
+        attach = getattr(method, "attach", None)
+        choices = Counter()
+
+        def route(model, context_text=None, seq_len=None, method=method, choices=choices):
+            # Per request, as a server would: the router classifies this request's text and length.
+            # Plain mechanisms get no length: a window longer than a short request is full attention
+            # there, not the configuration error it is for a sweep.
+            method.attach(model, context_text=context_text, seq_len=seq_len if hasattr(method, "choose") else None)
+            if getattr(method, "last", None):
+                choices[method.last["choice"]] += 1
+
+        model = CacheInLoopLM(lm.model, lm.tokenizer, make_cache, route=route if attach else None,
+                              max_length=task_max_length(task))
         try:
-            model = CacheInLoopLM(lm.model, lm.tokenizer, method.make_cache, max_length=2048)
-            result = evaluate(model, tasks, limit=limit, log_samples=True)
+            result = evaluate(model, [task], limit=limit, log_samples=True)
         finally:
-            if attention is not None:
-                attention.detach(lm.model)
-        per_doc[optim] = {task: _per_doc(samples) for task, samples in result["samples"].items()}
-        print(f"[ollm_bench] tasks done for {optim}", flush=True)
-    rows, started = [], dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    with open(out_dir / "samples.jsonl", "w") as fh:
-        for optim, by_task in per_doc.items():
-            for task, metrics in by_task.items():
-                fh.write(json.dumps({"optim": optim, "task": task, "limit": limit, "per_doc": metrics}) + "\n")
-                for metric, docs in metrics.items():
-                    row = {"optim": optim, "task": task, "metric": metric, "n_docs": len(docs),
-                           "value": _aggregate(metric, list(docs.values())), "limit": limit,
-                           "device": device_name(torch.device("cpu")), "started_at": started}
-                    if optim != "baseline":
-                        point, lo, hi = paired_delta(metric, docs, per_doc["baseline"][task][metric])
-                        unit = 100.0 if metric in ACCURACY else 1.0  # gate budget: 2 points or 2 %
-                        row.update(loss=point, loss_ci_low=lo, loss_ci_high=hi,
-                                   loss_unit="points" if metric in ACCURACY else "relative",
-                                   gate=gate_verdict(lo / unit, hi / unit))
-                    rows.append(row)
-    table = pd.DataFrame(rows)
+            if attach is not None:
+                method.detach(lm.model)
+        entries = [e for e in entries if (e["optim"], e["task"]) != (optim, task)]
+        entries.append({"optim": optim, "task": task, "limit": limit, "device": device,
+                        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        "router_choices": dict(choices), "per_doc": _per_doc(result["samples"][task])})
+        _write_samples(samples_path, entries)
+        print(f"[ollm_bench] {optim} / {task} done", flush=True)
+    table = _table(entries, device)
     table.to_csv(out_dir / "tasks.csv", index=False)
     return table

@@ -180,3 +180,15 @@ def _gemma_checks(lm):
     assert [g for _, g in got] == [w for _, w in want]
     res = evaluate(mine, ["ollm_niah_1k"], limit=1)["results"]["ollm_niah_1k"]
     assert res["sample_len"] == 1 and res["exact_match,none"] in (0.0, 1.0)
+
+
+def test_route_is_called_per_request_with_its_context(tiny_model, tokenizer):
+    """A content-aware router sees each request's own text and length before its cache is built."""
+    seen = []
+    lm = ours(tiny_model, tokenizer, route=lambda model, context_text, seq_len: seen.append((context_text, seq_len)))
+    lm.loglikelihood([Instance("loglikelihood", {}, (CONTEXT, " dog"), 0),
+                      Instance("loglikelihood", {}, ("short text", " x"), 1)])
+    lm.generate_until([Instance("generate_until", {}, ("gen ctx", {"until": ["\n"], "max_gen_toks": 2}), 0)])
+    texts = [t for t, _ in seen]
+    assert len(seen) == 3 and any(CONTEXT in t for t in texts) and any("short text" in t for t in texts)
+    assert "gen ctx" in texts[-1] and all(n > 0 for _, n in seen)

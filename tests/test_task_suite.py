@@ -30,3 +30,43 @@ def test_paired_delta_zero_for_identical_and_fails_for_broken():
     assert point == pytest.approx(math.exp(0.2) - 1) and lo > 0.02
     with pytest.raises(ConfigError, match="no common documents"):
         paired_delta("acc", {0: 1.0}, {1: 1.0})
+
+
+def _entry(optim, task, values, limit=4):
+    return {"optim": optim, "task": task, "limit": limit, "per_doc": {"acc": dict(enumerate(values))}}
+
+
+def test_samples_store_round_trips_and_table_pairs_with_baseline(tmp_path):
+    from ollm_bench.task_suite import _read_samples, _table, _write_samples
+
+    path = tmp_path / "samples.jsonl"
+    entries = [_entry("baseline", "t", [1, 1, 1, 1]), _entry("opt", "t", [0, 0, 0, 0]), _entry("opt", "u", [1, 0])]
+    _write_samples(path, entries)
+    back = _read_samples(path)
+    assert [e["per_doc"]["acc"] for e in back] == [e["per_doc"]["acc"] for e in entries]  # int doc ids again
+    table = _table(back, "cpu")
+    opt_t = table[(table.optim == "opt") & (table.task == "t")].iloc[0]
+    assert opt_t.loss == pytest.approx(100.0) and opt_t.gate == "fail"
+    # No baseline for task u: the row is kept, with no verdict rather than a made-up one.
+    assert math.isnan(table[table.task == "u"].iloc[0].loss)
+
+
+def test_corrupt_samples_file_is_one_clear_error_and_left_alone(tmp_path):
+    from ollm_bench.task_suite import _read_samples
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"optim": "baseline", "task": "t", "limit": 4, "per_doc": {}}\n{not json\n')
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="samples.jsonl:2: corrupt"):
+        _read_samples(path)
+    assert path.read_bytes() == before
+
+
+def test_task_context_budget_and_unknown_optim():
+    from ollm_bench.task_suite import load_method, task_max_length
+
+    assert task_max_length("ollm_niah_16k") >= 16384 and task_max_length("ollm_rolling_prose") == 2048
+    with pytest.raises(ConfigError, match="unknown optim 'nope'"):
+        load_method("nope")
+    router = load_method("attn_router")
+    assert router.exploration == 0.0 and load_method("kvpress_snapkv").press == "snapkv"
