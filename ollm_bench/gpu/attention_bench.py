@@ -33,8 +33,11 @@ from optim.attn_base import pattern_attention
 from optim.attn_hybrid import make_mechanism
 
 MECHANISMS = ("attn_sliding", "attn_sparse", "attn_multiscale", "attn_hybrid")
+# Peer at the model level only: transformers' native sliding-window mask (no sinks), same window.
+MODEL_PEERS = ("attn_native_sliding",)
 SMOKE_PARAMS = {  # windows that fit the smoke sizes (the defaults are 512-token windows)
     "attn_sliding": {"window_size": 32},
+    "attn_native_sliding": {"window_size": 32},
     "attn_sparse": {"block": 16, "local_blocks": 2, "stride": 4},
     "attn_multiscale": {"window_size": 32, "block": 16, "levels": 2},
     "attn_hybrid": {"sub_params": {"attn_sliding": {"window_size": 32}}},
@@ -145,6 +148,20 @@ def kernel_rows(args, device, dtype, dims) -> list[dict]:
     return rows
 
 
+def model_mechanism(name: str, params: dict):
+    if name == "attn_native_sliding":
+        from optim.attn_native_sliding import NativeSlidingWindowAttention
+
+        return NativeSlidingWindowAttention(**params)
+    return make_mechanism(name, **params)
+
+
+def model_backend(mech, device) -> str:
+    if mech.name == "attn_native_sliding":  # transformers' own mask, run by the model's SDPA
+        return "model_sdpa_sliding_mask"
+    return "model_" + ("flex" if device.type == "cuda" else "dense")
+
+
 def model_rows(args, device, dtype) -> list[dict]:
     """2-layer Llama-3.1-8B prefill (base model, no logits): mechanism attached vs plain SDPA."""
     from transformers import AutoModel
@@ -159,15 +176,16 @@ def model_rows(args, device, dtype) -> list[dict]:
     rows = []
     for seq_len in args.model_prefill:
         ids = torch.randint(0, config.vocab_size, (1, seq_len), device=device)
-        for name in ("sdpa",) + MECHANISMS:
+        for name in ("sdpa",) + MECHANISMS + MODEL_PEERS:
             if time.perf_counter() - args.t0 > args.budget_s:
                 rows.append({"part": "model", "phase": "prefill", "seq_len": seq_len, "mechanism": name,
                              "status": "skipped", "error": f"time budget {args.budget_s:.0f}s reached"})
                 continue
-            mech = None if name == "sdpa" else make_mechanism(name, **params.get(name, {}))
+            mech = None if name == "sdpa" else model_mechanism(name, params.get(name, {}))
             row = {"part": "model", "phase": "prefill", "seq_len": seq_len, "mechanism": name,
-                   "backend": "model_sdpa" if mech is None else "model_" + ("flex" if device.type == "cuda" else "dense"),
-                   "density": 1.0 if mech is None else mech.density(seq_len, config.num_attention_heads),
+                   "backend": "model_sdpa" if mech is None else model_backend(mech, device),
+                   "density": 1.0 if mech is None or not hasattr(mech, "density")
+                   else mech.density(seq_len, config.num_attention_heads),
                    "status": "ok", "error": ""}
             try:
                 if mech is not None:

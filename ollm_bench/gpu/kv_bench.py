@@ -40,6 +40,9 @@ METHODS = {
     "kv_kivi": ("optim.kv_kivi", "KiviKV", {}),
     "kv_hf_int4": ("optim.kv_hf_quantized", "HFQuantizedKV", {"nbits": 4}),
     "kv_hf_int2": ("optim.kv_hf_quantized", "HFQuantizedKV", {"nbits": 2}),
+    # kvpress peers: one-shot prefill (kvpress compresses once, after it), then half the keys evicted.
+    "kvpress_streaming": ("optim.kv_press", "KVPressPeer", {"press": "streaming_llm", "compression_ratio": 0.5}),
+    "kvpress_snapkv": ("optim.kv_press", "KVPressPeer", {"press": "snapkv", "compression_ratio": 0.5}),
 }
 REAL_LAYERS = 32
 
@@ -90,6 +93,8 @@ def forward(model, ids, cache, cache_kw: str):
 
 def run_once(model, method, ids, decode_steps, chunk, cache_kw, device):
     cache = method.make_cache(model.config)
+    if getattr(cache, "one_shot_prefill", False):
+        chunk = ids.shape[1]
     with torch.no_grad():
         with Timer(device) as pre:
             for s in range(0, ids.shape[1], chunk):
@@ -164,8 +169,12 @@ def bench(args) -> list[dict]:
             ids = torch.randint(0, config.vocab_size, (batch, context), device=device)
             for name in args.methods:
                 row = dict(common, method=name, context=context, batch=batch, status="ok", error="")
+                method = None
                 try:
                     method = make_method(name)
+                    if callable(getattr(method, "attach", None)):  # kvpress presses hook the model
+                        method.attach(model)
+                        row["chunk"] = context  # their prefill is one forward
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats(device)
@@ -193,6 +202,9 @@ def bench(args) -> list[dict]:
                 except (ImportError, ValueError, RuntimeError) as exc:
                     status = "oom" if "out of memory" in str(exc) else "failed"
                     row.update(status=status, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                finally:
+                    if callable(getattr(method, "detach", None)):
+                        method.detach(model)
                 rows.append(row)
                 print(f"[kv_bench] {name:12s} ctx={context:6d} b={batch} {row['status']:6s} "
                       f"prefill={row.get('prefill_tok_s', float('nan')):10.1f} tok/s "
