@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
@@ -58,16 +57,13 @@ class SweepProgress(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.bar is not None and os.getpid() == self.pid:
             self.bar.close()
-        from .runner import SWEEP_ID_ENV
-        from .store import ResultStore
+        from .runner import SWEEP_ID_ENV, sweep_store
 
-        path = Path(config.results_dir)
-        if not path.is_absolute():
-            path = Path(config.hydra.runtime.cwd) / path
-        df = ResultStore(path / config.suite_name / "runs.csv").read()
+        store = sweep_store(config)
+        df = store.read()
         mine = df[df.sweep_id == os.environ.get(SWEEP_ID_ENV, "")]
         counts = Counter(mine.status)
-        print(f"[ollm_bench] sweep done: {dict(counts) or 'no new runs (all done before)'} -> {path / config.suite_name}")
+        print(f"[ollm_bench] sweep done: {dict(counts) or 'no new runs (all done before)'} -> {store.path.parent}")
         bad = mine[mine.status != "ok"]
         for _, r in bad.iterrows():
             FAILED_RUNS.append(f"{r.optim}/{r.content}/{r.seq_len}: {r.status}: {r.error}")

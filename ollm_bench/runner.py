@@ -30,6 +30,14 @@ def store_for(bench: BenchConfig) -> ResultStore:
     return ResultStore(Path(to_absolute_path(bench.results_dir)) / bench.suite_name / "runs.csv")
 
 
+def sweep_store(config) -> ResultStore:
+    """The store of a composed sweep config, in the launching process (relative to its cwd)."""
+    path = Path(config.results_dir)
+    if not path.is_absolute():
+        path = Path(config.hydra.runtime.cwd) / path
+    return ResultStore(path / config.suite_name / "runs.csv")
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -129,7 +137,9 @@ def run_job(cfg) -> dict:
         row["kv_ratio"] = metrics["kv_bytes"] / metrics["kv_bytes_16bit"]
     else:
         row.update(status="oom" if result.get("oom") else "failed", error=result["error"][:500])
-    store.append(row)
+    if not store.append_new(row, bench.runner.rerun_failed):  # another worker stored it meanwhile
+        print(f"[ollm_bench] skip (stored meanwhile by another worker) {label}", flush=True)
+        return {"status": "skipped", "config_hash": config_hash}
     msg = f"ppl={row['ppl']:.3f} kv_ratio={row['kv_ratio']:.3f}" if row.get("ppl") else row.get("error", "")
     print(f"[ollm_bench] {row['status']:6s} {label} {msg}", flush=True)
     return row
@@ -139,4 +149,4 @@ def new_sweep_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-__all__ = ["BenchError", "SWEEP_ID_ENV", "new_sweep_id", "run_job", "store_for"]
+__all__ = ["BenchError", "SWEEP_ID_ENV", "new_sweep_id", "run_job", "store_for", "sweep_store"]

@@ -1,8 +1,11 @@
 """Append-only results store: `results/<suite>/runs.csv`, one row per run.
 
 Rows are appended with one `write()` under an exclusive `flock`, so concurrent workers never
-interleave and a killed process leaves either a whole row or none. The store never rewrites
-existing rows; a file it cannot fully parse is reported (file and line) and left untouched.
+interleave and a killed process leaves either a whole row or none. `append_new` checks, under the
+same lock, that no other worker stored the config meanwhile, so a config is never stored twice.
+The store never rewrites existing rows; a file it cannot fully parse is reported (file and line)
+and left untouched. Workers on several machines share it through a filesystem they all mount at
+the same path with working `flock` (NFSv4, Lustre/BeeGFS/GPFS with flock enabled).
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ class ResultStore:
             raise StoreError(f"results file {self.path} is not writable: {exc.strerror}") from None
 
     def append(self, row: dict) -> None:
+        self._append(row, None)
+
+    def append_new(self, row: dict, rerun_failed: bool = False) -> bool:
+        """Append unless a row that counts as done for row's config_hash is already there
+        (checked under the lock: two workers finishing the same config store it once)."""
+        return self._append(row, rerun_failed)
+
+    def _append(self, row: dict, rerun_failed: bool | None) -> bool:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise StoreError(f"row has columns the store does not know: {sorted(unknown)}")
@@ -78,8 +89,11 @@ class ResultStore:
                 line = header.getvalue().encode() + line
             else:
                 self._validate_tail(fd)
+                if rerun_failed is not None and row.get("config_hash") in self._done_locked(fd, rerun_failed):
+                    return False
             os.write(fd, line)
             os.fsync(fd)
+            return True
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -88,6 +102,12 @@ class ResultStore:
         size = os.fstat(fd).st_size
         if os.pread(fd, 1, size - 1) != b"\n":
             raise StoreError(f"{self.path} ends in a partial row (truncated write?); fix or move it before appending")
+
+    @staticmethod
+    def _done_locked(fd: int, rerun_failed: bool) -> set[str]:
+        raw = os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", errors="replace")
+        rows = [r for r in csv.reader(io.StringIO(raw)) if len(r) == len(COLUMNS)][1:]
+        return _done(((r[COLUMNS.index("config_hash")], r[COLUMNS.index("status")]) for r in rows), rerun_failed)
 
     def read(self) -> pd.DataFrame:
         """All rows, validated. Raises StoreError naming the file and line on any corruption."""
@@ -122,6 +142,9 @@ class ResultStore:
 
     def done_hashes(self, rerun_failed: bool = False) -> set[str]:
         df = self.read()
-        if rerun_failed:
-            df = df[df.status == "ok"]
-        return set(df.config_hash.dropna())
+        return _done(zip(df.config_hash, df.status), rerun_failed)
+
+
+def _done(hash_status, rerun_failed: bool) -> set[str]:
+    """Config hashes that count as done: any stored row, or only ok rows when failed ones are re-run."""
+    return {h for h, status in hash_status if h and (status == "ok" or not rerun_failed)}

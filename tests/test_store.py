@@ -58,13 +58,17 @@ def _writer(path, start):
         store.append(row(i))
 
 
-def test_concurrent_appends_lose_nothing(tmp_path):
-    path = tmp_path / "runs.csv"
-    procs = [mp.get_context("fork").Process(target=_writer, args=(path, k * 100)) for k in range(4)]
+def _in_processes(target, argsets):
+    procs = [mp.get_context("fork").Process(target=target, args=args) for args in argsets]
     for p in procs:
         p.start()
     for p in procs:
         p.join()
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    path = tmp_path / "runs.csv"
+    _in_processes(_writer, [(path, k * 100) for k in range(4)])
     df = ResultStore(path).read()
     assert len(df) == 100 and df.run_id.is_unique
 
@@ -74,3 +78,27 @@ def test_unwritable_dir(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreError, match="not writable"):
         ResultStore(blocker / "sub" / "runs.csv").check_writable()
+
+
+def _racer(path, start, barrier):
+    store = ResultStore(path)
+    barrier.wait()
+    for i in range(20):  # every writer finishes the same 20 configs, at the same moment
+        store.append_new(row(i) | {"run_id": f"w{start}-{i}"})
+
+
+def test_workers_finishing_the_same_config_store_it_once(tmp_path):
+    path = tmp_path / "runs.csv"
+    barrier = mp.get_context("fork").Barrier(4)
+    _in_processes(_racer, [(path, k, barrier) for k in range(4)])
+    df = ResultStore(path).read()
+    assert len(df) == 20 and df.config_hash.is_unique
+
+
+def test_append_new_follows_the_rerun_rule(tmp_path):
+    store = ResultStore(tmp_path / "runs.csv")
+    assert store.append_new(row(1, status="failed"))
+    assert not store.append_new(row(1))  # a failed row counts as done unless failed runs are re-run
+    assert store.append_new(row(1), rerun_failed=True)
+    assert not store.append_new(row(1), rerun_failed=True)
+    assert list(store.read().status) == ["failed", "ok"]
