@@ -200,3 +200,28 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     table = _table(entries, device)
     table.to_csv(out_dir / "tasks.csv", index=False)
     return table
+
+
+HEADLINE = ("acc", "exact_match", "word_perplexity")  # one metric per task in the summary table
+
+
+def quality_markdown(table: pd.DataFrame) -> str:
+    """Headline metric per optim x task: value, loss vs baseline with its 95 % CI, gate verdict."""
+    if table.empty:
+        return "No suite=quality results yet."
+    t = table[table.metric.isin(HEADLINE)].copy()
+    order = {name: i for i, name in enumerate(dict.fromkeys(["baseline", *t.optim]))}
+    t = t.sort_values(["optim", "task"], key=lambda c: c.map(order) if c.name == "optim" else c)
+    lines = ["| optim | task | metric | n | value | loss vs baseline [95% CI] | gate | router picks |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in t.itertuples():
+        loss = ""
+        if isinstance(r.loss, float) and not math.isnan(r.loss):
+            if r.loss_unit == "points":
+                loss = f"{r.loss:+.1f} pts [{r.loss_ci_low:+.1f}, {r.loss_ci_high:+.1f}]"
+            else:
+                loss = f"{100 * r.loss:+.2f}% [{100 * r.loss_ci_low:+.2f}, {100 * r.loss_ci_high:+.2f}]"
+        gate = r.gate if isinstance(r.gate, str) else ""
+        picks = r.router_choices if isinstance(r.router_choices, str) else ""
+        lines.append(f"| {r.optim} | {r.task} | {r.metric} | {r.n_docs} | {r.value:.3f} | {loss} | {gate} | {picks} |")
+    return "\n".join(lines)

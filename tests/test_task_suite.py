@@ -70,3 +70,16 @@ def test_task_context_budget_and_unknown_optim():
         load_method("nope")
     router = load_method("attn_router")
     assert router.exploration == 0.0 and load_method("kvpress_snapkv").press == "snapkv"
+
+
+def test_quality_markdown_and_readme_block(tmp_path):
+    from ollm_bench.cli import replace_readme_block
+    from ollm_bench.task_suite import _table, quality_markdown
+
+    body = quality_markdown(_table([_entry("baseline", "t", [1, 1, 1, 1]), _entry("opt", "t", [0, 0, 1, 1])], "cpu"))
+    assert "| opt | t | acc | 4 | 0.500 | +50.0 pts" in body and "| baseline | t | acc | 4 | 1.000 |" in body
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- quality:start -->\nold\n<!-- quality:end -->\noutro\n")
+    replace_readme_block(readme, "quality", body)
+    text = readme.read_text()
+    assert "old" not in text and body in text and text.startswith("intro") and text.endswith("outro\n")
