@@ -117,6 +117,19 @@ def _write_samples(path: Path, entries: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _save_entry(path: Path, entry: dict) -> list[dict]:
+    """Re-read under an exclusive lock, replace this (optim, task), write back: two `tasks` runs
+    sharing a results dir never drop each other's results."""
+    import fcntl
+
+    with open(path.with_suffix(".jsonl.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = [e for e in _read_samples(path) if (e["optim"], e["task"]) != (entry["optim"], entry["task"])]
+        entries.append(entry)
+        _write_samples(path, entries)
+    return entries
+
+
 def _table(entries: list[dict], device: str) -> pd.DataFrame:
     base = {e["task"]: e for e in entries if e["optim"] == "baseline"}
     rows = []
@@ -191,11 +204,10 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
         finally:
             if attach is not None:
                 method.detach(lm.model)
-        entries = [e for e in entries if (e["optim"], e["task"]) != (optim, task)]
-        entries.append({"optim": optim, "task": task, "limit": limit, "device": device,
-                        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                        "router_choices": dict(choices), "per_doc": _per_doc(result["samples"][task])})
-        _write_samples(samples_path, entries)
+        entry = {"optim": optim, "task": task, "limit": limit, "device": device,
+                 "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                 "router_choices": dict(choices), "per_doc": _per_doc(result["samples"][task])}
+        entries = _save_entry(samples_path, entry)
         print(f"[ollm_bench] {optim} / {task} done", flush=True)
     table = _table(entries, device)
     table.to_csv(out_dir / "tasks.csv", index=False)

@@ -83,3 +83,15 @@ def test_quality_markdown_and_readme_block(tmp_path):
     replace_readme_block(readme, "quality", body)
     text = readme.read_text()
     assert "old" not in text and body in text and text.startswith("intro") and text.endswith("outro\n")
+
+
+def test_save_entry_keeps_results_written_by_another_run(tmp_path):
+    from ollm_bench.task_suite import _read_samples, _save_entry, _write_samples
+
+    path = tmp_path / "samples.jsonl"
+    _write_samples(path, [_entry("baseline", "t", [1, 1])])
+    _save_entry(path, _entry("a", "t", [1, 0]))  # another process added this meanwhile
+    _save_entry(path, _entry("b", "t", [0, 0]))
+    _save_entry(path, _entry("a", "t", [0, 1]))  # a rerun replaces its own entry only
+    got = {(e["optim"], e["task"]): e["per_doc"]["acc"] for e in _read_samples(path)}
+    assert got == {("baseline", "t"): {0: 1, 1: 1}, ("b", "t"): {0: 0, 1: 0}, ("a", "t"): {0: 0, 1: 1}}
