@@ -4,6 +4,7 @@ submitit) can import it by reference."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -14,6 +15,9 @@ from .runner import run_job
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
+# conf/hydra/launcher/{joblib,submitit_slurm}.yaml set our defaults on the launcher plugins' schemas
+# of the same name; Hydra 1.3 merges the two, as intended, but warns that such matching is deprecated.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
