@@ -10,10 +10,13 @@ USAGE = """usage: python -m ollm_bench COMMAND [key=value ...]
 
 commands:
   sweep    run the suite's grid (Hydra multirun; default suite=default); rows go to
-           results/<suite>/runs.csv, configs already done are skipped.
+           results/<suite>/runs.csv, configs already done are skipped. Launchers
+           (joblib, ray, submitit_slurm): README "Scaling out".
            e.g.  python -m ollm_bench sweep suite=ci
                  python -m ollm_bench sweep optim=kv_int8 content=prose seq_len=1024
                  python -m ollm_bench sweep hydra/launcher=joblib
+                 python -m ollm_bench sweep hydra/launcher=ray hydra.launcher.address=HEAD:6379
+                 python -m ollm_bench sweep hydra/launcher=submitit_slurm hydra.launcher.partition=gpu
                  python -m ollm_bench sweep --cfg job      (print the composed config)
   report   write results/<suite>/report.md and plots from stored rows
            e.g.  python -m ollm_bench report suite=default

@@ -11,7 +11,7 @@ class RayLauncherConf:
     _target_: str = "hydra_plugins.ollm_ray_launcher.ray_launcher.RayLauncher"
     # null: RAY_ADDRESS or the Ray last started on this machine, else a new local one; "auto": the
     # cluster this machine is a node of; "host:6379": a cluster's head (GCS); "ray://host:10001":
-    # Ray Client (needs ray[client]).
+    # Ray Client (needs ray[client]; not exercised by the tests).
     address: Optional[str] = None
     # What each run reserves on a node: Ray starts a run only where these are free.
     num_cpus: float = 1.0
