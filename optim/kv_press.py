@@ -108,8 +108,12 @@ class KVPressPeer(KVCacheMethod):
         if "cache_position" not in kw:
             kw["cache_position"] = kw["position_ids"][0]
         before = layer.keys.shape[-2]
-        if self.press == "snapkv" and kwargs["hidden_states"].shape[1] <= self.window_size:
-            return output  # SnapKV needs more than `window_size` prefill tokens; kvpress would assert
+        # kvpress asserts on contexts it cannot score (<= n_sink tokens; <= SnapKV's window): such a
+        # short prefill is kept whole. So a request whose context is ~1 token (lm-eval rolling
+        # perplexity) is scored exactly as the baseline: prefill-only presses compress context only.
+        shortest = self.n_sink if self.press == "streaming_llm" else self.window_size
+        if kwargs["hidden_states"].shape[1] <= shortest:
+            return output
         output = self._kvpress().forward_hook(module, args, kw, output)
         layer.evicted += before - layer.keys.shape[-2]
         return output

@@ -133,3 +133,13 @@ def test_peers_run_through_the_sweep(cli, tmp_path):
     evict = df[df.optim.str.startswith("kvpress")]
     # Half of each global layer's prefilled keys gone: fewer bytes than the fp32 baseline's 2.0x.
     assert (evict.kv_ratio < 2.0).all()
+
+
+@pytest.mark.parametrize("press", ["streaming_llm", "snapkv"])
+def test_kvpress_keeps_a_too_short_context_whole(press):
+    """A 1-token context (lm-eval rolling windows) cannot be scored by kvpress: kept, not a crash."""
+    ids = _ids()
+    base, _ = _score(FullPrecisionKV(), ids, 1, 8)
+    same, cache = _score(KVPressPeer(press=press, compression_ratio=0.5, window_size=8), ids, 1, 8)
+    torch.testing.assert_close(same, base, rtol=1e-5, atol=1e-5)
+    assert all(getattr(layer, "evicted", 0) == 0 for layer in cache.layers)
