@@ -136,15 +136,18 @@ class CacheInLoopLM(TemplateLM):
 
     # --- scoring through the cache ---------------------------------------------------------------
 
-    def _new_cache(self, context: list[int]):
+    def _new_cache(self, request: list[int], to_generate: int = 0):
+        """`request`: the tokens this cache will hold (context and scored continuation), plus up to
+        `to_generate` more: a rolling window has a 1-token context but 2k scored tokens, and
+        attention runs over all of them, so the router sees the whole request."""
         if self.route is not None:
-            self.route(self.model, context_text=self.tok_decode(context), seq_len=len(context))
+            self.route(self.model, context_text=self.tok_decode(request), seq_len=len(request) + to_generate)
         return self.make_cache(self.model.config)
 
     def _score(self, prefix: list[int], tail: list[int]) -> tuple[float, bool]:
         """(log-likelihood of `tail` after `prefix`, whether greedy decoding yields `tail`)."""
         device = self.device
-        cache = self._new_cache(prefix)
+        cache = self._new_cache(prefix + tail)
         last = prefill(self.model, torch.tensor([prefix], device=device), cache, self.prefill_chunk)
         tap = _ArgmaxTap(self.model)
         target = torch.tensor([tail], device=device)
@@ -190,7 +193,7 @@ class CacheInLoopLM(TemplateLM):
         stop_ids = {self.eot_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         stop_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
-        cache = self._new_cache(context_enc)
+        cache = self._new_cache(context_enc, to_generate=max_gen_toks)
         logits = prefill(self.model, torch.tensor([context_enc], device=self.device), cache, self.prefill_chunk)
         generated: list[int] = []
         for _ in range(max_gen_toks):

@@ -190,5 +190,10 @@ def test_route_is_called_per_request_with_its_context(tiny_model, tokenizer):
                       Instance("loglikelihood", {}, ("short text", " x"), 1)])
     lm.generate_until([Instance("generate_until", {}, ("gen ctx", {"until": ["\n"], "max_gen_toks": 2}), 0)])
     texts = [t for t, _ in seen]
-    assert len(seen) == 3 and any(CONTEXT in t for t in texts) and any("short text" in t for t in texts)
+    assert len(seen) == 3 and any(CONTEXT in t and "dog" in t for t in texts) and any("short text" in t for t in texts)
     assert "gen ctx" in texts[-1] and all(n > 0 for _, n in seen)
+    # The whole request counts: context + continuation, and for generation up to max_gen_toks more.
+    assert seen[-1][1] == len(lm.tok_encode("gen ctx")) + 2
+    seen.clear()
+    lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("x" * 40,), 0)])
+    assert seen and seen[0][1] > 30  # a rolling window: 1-token context, ~40 scored tokens
