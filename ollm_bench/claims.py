@@ -258,8 +258,12 @@ def bits_fall_with_age(r: Results, optim: str) -> Evidence:
 
 
 def _attention_quality(r: Results) -> pd.DataFrame:
+    """suite=attention rows of our mechanisms: peers (transformers' native window, kvpress) are
+    comparisons, not something the report's router would pick."""
     s = r.suite("attention")
-    return pd.DataFrame() if s is None else s
+    if s is None:
+        return pd.DataFrame()
+    return s[~s.peer.astype(str).str.lower().isin(("true", "1"))] if "peer" in s else s
 
 
 def routed_attention_speedup(r: Results, seq_len: int) -> Evidence:
