@@ -46,7 +46,7 @@ class EvictingLayer(DynamicLayer):
     def get_mask_sizes(self, query_length) -> tuple[int, int]:
         if isinstance(query_length, torch.Tensor):  # transformers < 5.2x passes cache_position
             query_length = query_length.shape[0]
-        stored = 0 if not self.is_initialized or self.keys.numel() == 0 else self.keys.shape[-2]
+        stored = super().get_seq_length()  # tokens held; ours adds the evicted ones
         # The kept keys stand in for positions [evicted, seen): all before any new query, so a
         # causal mask over absolute positions is exact for them and for the new tokens.
         return stored + query_length, self.evicted
@@ -139,9 +139,9 @@ class KVPressPeer(KVCacheMethod):
             handle.remove()
 
     def stats(self, cache) -> dict:
-        kept = [layer.keys.shape[-2] for layer in cache.layers if isinstance(layer, EvictingLayer) and layer.is_initialized]
-        seen = [layer.get_seq_length() for layer in cache.layers if isinstance(layer, EvictingLayer) and layer.is_initialized]
-        return {"kept_tokens": kept, "seen_tokens": seen}
+        layers = [layer for layer in cache.layers if isinstance(layer, EvictingLayer) and layer.is_initialized]
+        return {"kept_tokens": [layer.keys.shape[-2] for layer in layers],
+                "seen_tokens": [layer.get_seq_length() for layer in layers]}
 
 
 __all__ = ["EvictingLayer", "KVPressPeer", "PRESSES"]
