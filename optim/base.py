@@ -101,6 +101,46 @@ def cache_nbytes(cache: Cache) -> int:
     return total
 
 
+def named_tensors(obj, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(attribute path, tensor) for every tensor under a layer's attributes (dicts, lists nested)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{prefix}[{i}]")
+
+
+def storage_report(cache: Cache) -> dict:
+    """What a cache holds, read off its tensors: per attribute path (over all layers) the dtype and
+    bytes; the payload bits per key/value element where a layer declares its formats
+    (`payload_bits()`); and bits per element by token age where a layer keeps age tiers
+    (`bits_by_age()`, computed from the bytes of the tensors each tier holds)."""
+    tensors: dict[str, dict] = {}
+    payload: dict[str, set] = {"key": set(), "value": set()}
+    by_age = []
+    for i, layer in enumerate(cache.layers):
+        for path, t in named_tensors(vars(layer)):
+            if t.numel() <= 1:
+                continue
+            entry = tensors.setdefault(path, {"dtype": str(t.dtype).replace("torch.", ""), "bytes": 0})
+            entry["bytes"] += t.numel() * t.element_size()
+        bits = getattr(layer, "payload_bits", None)
+        if callable(bits) and layer.is_initialized:
+            for role, value in bits().items():
+                payload[role].update(value if isinstance(value, (list, tuple)) else [value])
+        elif getattr(layer, "keys", None) is not None and isinstance(layer.keys, torch.Tensor):
+            payload["key"].add(8 * layer.keys.element_size())
+            payload["value"].add(8 * layer.values.element_size())
+        ages = getattr(layer, "bits_by_age", None)
+        if callable(ages):
+            by_age += [dict(layer=i, **row) for row in ages()]
+    return {"tensors": tensors, "payload_bits": {k: sorted(v) for k, v in payload.items()},
+            **({"bits_by_age": by_age} if by_age else {})}
+
+
 def map_tensors(obj, fn):
     """Apply `fn` to every tensor in a nest of dicts/lists (for batch reorder/select/repeat)."""
     if isinstance(obj, torch.Tensor):
@@ -188,6 +228,8 @@ __all__ = [
     "cache_nbytes",
     "kv_geometry",
     "layer_specs",
+    "named_tensors",
     "plain_kv_bytes",
+    "storage_report",
     "text_config",
 ]

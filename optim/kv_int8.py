@@ -81,6 +81,9 @@ class Int8KVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
             dequantize_int8(values_q, values_s, value_states.dtype),
         )
 
+    def payload_bits(self) -> dict:
+        return {"key": 8, "value": 8}
+
     def reset(self) -> None:
         self.keys_q = self.values_q = self.keys_scale = self.values_scale = None
         self.keys = self.values = None

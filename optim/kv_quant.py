@@ -57,6 +57,10 @@ def check_spec(spec: tuple, head_dim: int, what: str) -> None:
         raise ValueError(f"{what}: head_dim {head_dim} is not divisible by the value group size {group}")
 
 
+def spec_bits(spec: tuple) -> int:
+    return 8 if spec[0] == "fp8" else int(spec[1])
+
+
 def tokens_per_row(spec: tuple) -> int:
     """How many tokens share one row of scales: the whole block for per-channel keys, else one."""
     return int(spec[2]) if spec[0] == "channel" else 1
@@ -307,3 +311,7 @@ class SpecKVLayer(BlockKVLayer):
 
     def _reset_store(self) -> None:
         self.k_store = self.v_store = None
+
+    def payload_bits(self) -> dict:
+        """Bits per element of the key and value codes (scales and zero-points not included)."""
+        return {"key": spec_bits(self.key_spec), "value": spec_bits(self.value_spec)}

@@ -110,6 +110,11 @@ class TemporalKVLayer(BlockKVLayer):
     def _reset_store(self) -> None:
         self.tiers = [None] * len(self.schedule)
 
+    def payload_bits(self) -> dict:
+        """Bits per element of each tier's codes (scales and zero-points not included)."""
+        bits = [b for b, _ in self.schedule]
+        return {"key": bits, "value": bits}
+
     def bits_by_age(self) -> list[dict]:
         """Rows youngest first: tier, nominal bits, age range [from, to), tokens, stored bits per element."""
         if not self.is_initialized:

@@ -8,9 +8,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny random model and a short grid: every CLI test finishes in seconds.
-TINY = ["suite=single", "model=tiny_random", "model.weights=true", "seq_len=96", "quality.score_tokens=32",
-        "quality.n_docs=2", "quality.prefill_chunk=40", "quality.score_chunk=16", "speed.decode_tokens=3",
-        "speed.warmup_tokens=8", "quality.bootstrap=200"]
+TINY = ["suite=single", "model=tiny_random", "model.weights=true", "seq_len=96", "scenario.score_tokens=32",
+        "scenario.n_docs=3", "scenario.prefill_chunk=40", "scenario.score_chunk=16", "scenario.decode_tokens=3",
+        "scenario.warmup_tokens=8"]
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from ollm_bench.claims import Evidence, Results, alloc_speedup, evaluate, load_claims
+from ollm_bench.report.claims import Evidence, Results, alloc_speedup, evaluate, load_claims
 from ollm_bench.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ollm_bench.data import load_documents
-from ollm_bench.quality import prefill, run_pass, score_tail
+from ollm_bench.evaluate.scoring import prefill, run_pass, score_tail
 from optim import REGISTRY
 from tests.broken_caches import ZeroValuesKV
 from tests.conftest import TINY
@@ -36,7 +36,7 @@ def test_known_text_perplexity(gemma):
 
 
 def test_chunked_equals_one_shot_across_sliding_window(gemma):
-    ids = torch.tensor(load_documents("prose", gemma.tokenizer, 700, 1))
+    ids = torch.tensor([d.ids for d in load_documents("prose", gemma.tokenizer, 700, 1)])
     cache = REGISTRY["baseline"].make_cache(gemma.model.config)
     last = prefill(gemma.model, ids[:, :600], cache, 256)
     nll, _ = score_tail(gemma.model, ids[:, 600:], cache, last, 50)
@@ -47,7 +47,7 @@ def test_chunked_equals_one_shot_across_sliding_window(gemma):
 
 
 def test_int8_in_loop_small_loss_and_broken_cache_large_loss(gemma):
-    ids = torch.tensor(load_documents("prose", gemma.tokenizer, 768, 1))
+    ids = torch.tensor([d.ids for d in load_documents("prose", gemma.tokenizer, 768, 1)])
 
     def ppl(method):
         res = run_pass(gemma.model, lambda: method.make_cache(gemma.model.config), ids, 256, 256, 64, 0)

@@ -9,7 +9,7 @@ import torch
 from lm_eval.api.instance import Instance
 
 from ollm_bench.errors import ConfigError
-from ollm_bench.lm_eval_model import CacheInLoopLM
+from ollm_bench.evaluate.lm_eval_model import CacheInLoopLM
 from optim import REGISTRY
 from tests.broken_caches import ZeroValuesKV
 

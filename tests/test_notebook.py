@@ -35,7 +35,7 @@ def execute(results_dir, monkeypatch) -> str:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """A real tiny sweep (baseline + kv_int8), a suite with only a header, and one with no baseline."""
-    from ollm_bench.store import COLUMNS, ResultStore
+    from ollm_bench.run.store import COLUMNS, ResultStore
 
     root = tmp_path_factory.mktemp("results")
     run_cli("sweep", *TINY, "optim=baseline,kv_int8", f"results_dir={root}", check=0)

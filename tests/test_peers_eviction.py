@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ollm_bench.quality import prefill, score_tail
+from ollm_bench.evaluate.scoring import prefill, score_tail
 from optim.attn_native_sliding import NativeSlidingWindowAttention
 from optim.attn_sliding import SlidingSinkAttention
 from optim.base import FullPrecisionKV, cache_nbytes

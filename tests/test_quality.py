@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ollm_bench.quality import bootstrap_ppl_ci, bootstrap_ratio_ci, gate_verdict, prefill, run_pass, score_tail
+from ollm_bench.evaluate.scoring import bootstrap_ppl_ci, bootstrap_ratio_ci, gate_verdict, prefill, run_pass, score_tail
 from optim import REGISTRY
 from tests.broken_caches import ZeroValuesKV
 

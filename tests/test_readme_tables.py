@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from ollm_bench.readme_tables import TABLES, main
+from ollm_bench.report.readme_tables import TABLES, main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,4 +20,4 @@ def test_tables_regenerate_from_committed_results(tmp_path):
 def test_committed_readme_tables_are_current():
     text = (REPO / "README.md").read_text()
     for name, build in TABLES.items():
-        assert build(REPO / "results") in text, f"README's {name} is stale: run python -m ollm_bench.readme_tables"
+        assert build(REPO / "results") in text, f"README's {name} is stale: run python -m ollm_bench.report.readme_tables"

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import pytest
 
 from ollm_bench.errors import StoreError
-from ollm_bench.store import COLUMNS, ResultStore
+from ollm_bench.run.store import COLUMNS, ResultStore
 
 
 def row(i, status="ok"):

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from ollm_bench.errors import ConfigError
-from ollm_bench.quality import gate_verdict
-from ollm_bench.task_suite import _aggregate, _per_doc, paired_delta
+from ollm_bench.evaluate.scoring import gate_verdict
+from ollm_bench.evaluate.task_suite import _aggregate, _per_doc, paired_delta
 
 
 def test_per_doc_and_aggregate_match_lm_eval_conventions():
@@ -37,7 +37,7 @@ def _entry(optim, task, values, limit=4):
 
 
 def test_samples_store_round_trips_and_table_pairs_with_baseline(tmp_path):
-    from ollm_bench.task_suite import _read_samples, _table, _write_samples
+    from ollm_bench.evaluate.task_suite import _read_samples, _table, _write_samples
 
     path = tmp_path / "samples.jsonl"
     entries = [_entry("baseline", "t", [1, 1, 1, 1]), _entry("opt", "t", [0, 0, 0, 0]), _entry("opt", "u", [1, 0])]
@@ -52,7 +52,7 @@ def test_samples_store_round_trips_and_table_pairs_with_baseline(tmp_path):
 
 
 def test_corrupt_samples_file_is_one_clear_error_and_left_alone(tmp_path):
-    from ollm_bench.task_suite import _read_samples
+    from ollm_bench.evaluate.task_suite import _read_samples
 
     path = tmp_path / "samples.jsonl"
     path.write_text('{"optim": "baseline", "task": "t", "limit": 4, "per_doc": {}}\n{not json\n')
@@ -63,7 +63,7 @@ def test_corrupt_samples_file_is_one_clear_error_and_left_alone(tmp_path):
 
 
 def test_task_context_budget_and_unknown_optim():
-    from ollm_bench.task_suite import load_method, task_max_length
+    from ollm_bench.evaluate.task_suite import load_method, task_max_length
 
     assert task_max_length("ollm_niah_16k") >= 16384 and task_max_length("ollm_rolling_prose") == 2048
     with pytest.raises(ConfigError, match="unknown optim 'nope'"):
@@ -74,7 +74,7 @@ def test_task_context_budget_and_unknown_optim():
 
 def test_quality_markdown_and_readme_block(tmp_path):
     from ollm_bench.cli import replace_readme_block
-    from ollm_bench.task_suite import _table, quality_markdown
+    from ollm_bench.evaluate.task_suite import _table, quality_markdown
 
     body = quality_markdown(_table([_entry("baseline", "t", [1, 1, 1, 1]), _entry("opt", "t", [0, 0, 1, 1])], "cpu"))
     assert "| opt | t | acc | 4 | 0.500 | +50.0 pts" in body and "| baseline | t | acc | 4 | 1.000 |" in body
@@ -86,7 +86,7 @@ def test_quality_markdown_and_readme_block(tmp_path):
 
 
 def test_save_entry_keeps_results_written_by_another_run(tmp_path):
-    from ollm_bench.task_suite import _read_samples, _save_entry, _write_samples
+    from ollm_bench.evaluate.task_suite import _read_samples, _save_entry, _write_samples
 
     path = tmp_path / "samples.jsonl"
     _write_samples(path, [_entry("baseline", "t", [1, 1])])

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
-from .quality import gate_verdict
+from ..errors import ConfigError
+from .stats import gate_verdict
 
 DEFAULT_TASKS = ("ollm_cloze_prose", "ollm_niah_1k", "ollm_rolling_prose", "ollm_rolling_code")
 ACCURACY = ("acc", "exact_match")
@@ -70,24 +70,19 @@ def paired_delta(metric: str, opt: dict[int, object], base: dict[int, object], s
 
 
 def load_method(name: str):
-    """The optimization as the sweeps configure it: `conf/optim/<name>.yaml`'s `method`."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """The optimization as the sweeps configure it (conf/optim/<name>.yaml); a router is judged on
+    what it learned, so it does not explore here."""
+    from ..methods import build_method
 
-    from .app import CONF_DIR
-
-    known = sorted(p.stem for p in (Path(CONF_DIR) / "optim").glob("*.yaml"))
-    if name not in known:
-        raise ConfigError(f"unknown optim {name!r}; known: {known}")
-    method = instantiate(OmegaConf.load(Path(CONF_DIR) / "optim" / f"{name}.yaml").method)
+    method = build_method(name)
     if hasattr(method, "exploration"):
-        method.exploration = 0.0  # the router is judged on what it learned, not on its exploring
+        method.exploration = 0.0
     return method
 
 
 def task_max_length(task: str, max_gen_toks: int = 16) -> int:
     """Context budget: a needle prompt's full length plus the answer; 2048 otherwise."""
-    from .tasks.build import NIAH_LENGTHS
+    from ..tasks.build import NIAH_LENGTHS
 
     size = task.rsplit("_", 1)[-1]
     if task.startswith("ollm_niah_") and size in NIAH_LENGTHS:
@@ -162,12 +157,10 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from optim import REGISTRY
-
     from .lm_eval_model import CacheInLoopLM
-    from .measure import device_name
-    from .models import load_pretrained
-    from .tasks import check_tasks, evaluate, task_manager
+    from ..run.environment import device_name
+    from ..models import load_pretrained
+    from ..tasks import check_tasks, evaluate, task_manager
 
     if "baseline" not in optims:
         optims = ["baseline", *optims]
@@ -185,7 +178,9 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
         lm = load_pretrained("gemma3_270m")
     for optim, task in tqdm(todo, desc="suite=quality", unit="task"):
         method = methods[optim]
-        make_cache = getattr(method, "make_cache", REGISTRY["baseline"].make_cache)
+        from ..methods import make_cache_fn
+
+        make_cache = lambda config, method=method: make_cache_fn(method, config)()  # noqa: E731
         attach = getattr(method, "attach", None)
         choices = Counter()
 

@@ -4,7 +4,7 @@ Gemma-3-270M and its measured cost (prefill seconds) and quality loss (perplexit
 attention on the same tokens, cache in the loop) are fed back. `optim.attention_router.
 regret_over_runs` compares every run with the best fixed mechanism in hindsight.
 
-    python -m ollm_bench.router_eval [--seq-len 1024] [--runs 5] [--out results/attention/router_regret.json]
+    python -m ollm_bench.evaluate.router_eval [--seq-len 1024] [--runs 5] [--out results/attention/router_regret.json]
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from optim import REGISTRY, AttentionRouter, make_mechanism
+from optim import AttentionRouter, FullPrecisionKV, make_mechanism
 from optim.attention_router import regret_over_runs
 
-from .data import load_documents
-from .measure import device_name
-from .models import load_pretrained
-from .quality import run_pass
+from ..data import load_documents
+from ..run.environment import device_name
+from ..models import load_pretrained
+from .scoring import run_pass
 
 CONTENTS = ("code", "prose", "structured", "repetitive")
 
@@ -38,10 +38,10 @@ def main(argv=None) -> dict:
     torch.set_flush_denormal(True)
     lm = load_pretrained("gemma3_270m")
     model = lm.model
-    make_cache = lambda: REGISTRY["baseline"].make_cache(model.config)  # noqa: E731
+    make_cache = lambda: FullPrecisionKV().make_cache(model.config)  # noqa: E731
     workload, full_nll = [], {}
     for i, content in enumerate(CONTENTS):
-        ids = torch.tensor(load_documents(content, lm.tokenizer, args.seq_len, 1, seed=7))
+        ids = torch.tensor([d.ids for d in load_documents(content, lm.tokenizer, args.seq_len, 1, seed=7)])
         workload.append({"text": lm.tokenizer.decode(ids[0, 1:]), "seq_len": args.seq_len, "ids": ids, "i": i})
     mechanisms = {}
 

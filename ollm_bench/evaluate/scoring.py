@@ -13,7 +13,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 
@@ -120,38 +119,3 @@ def run_pass(model, make_cache, ids: torch.Tensor, score_tokens: int, prefill_ch
     if decode_tokens:
         out.decode_step_s = decode(model, cache, last, decode_tokens)
     return out
-
-
-def perplexity(nll: np.ndarray, n_tokens: np.ndarray) -> float:
-    return float(math.exp(nll.sum() / n_tokens.sum()))
-
-
-def bootstrap_ppl_ci(nll, n_tokens, iters: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap over documents for corpus perplexity."""
-    nll, n_tokens = np.asarray(nll, float), np.asarray(n_tokens, float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(nll), size=(iters, len(nll)))
-    ppl = np.exp(nll[idx].sum(1) / n_tokens[idx].sum(1))
-    return float(np.quantile(ppl, alpha / 2)), float(np.quantile(ppl, 1 - alpha / 2))
-
-
-def bootstrap_ratio_ci(nll_a, nll_b, n_tokens, iters: int = 2000, seed: int = 0, alpha: float = 0.05):
-    """Paired bootstrap over documents of ppl_a / ppl_b - 1 (relative perplexity change)."""
-    a, b, n = (np.asarray(x, float) for x in (nll_a, nll_b, n_tokens))
-    if not (len(a) == len(b) == len(n)) or len(a) == 0:
-        raise ValueError("paired bootstrap needs the same documents on both sides")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(iters, len(a)))
-    tokens = n[idx].sum(1)
-    delta = np.exp((a[idx].sum(1) - b[idx].sum(1)) / tokens) - 1
-    point = math.exp((a.sum() - b.sum()) / n.sum()) - 1
-    return point, float(np.quantile(delta, alpha / 2)), float(np.quantile(delta, 1 - alpha / 2))
-
-
-def gate_verdict(ci_low: float, ci_high: float, budget: float = 0.02) -> str:
-    """DESIGN.md's gate: pass when the CI's upper end is within budget, fail when its lower end is over."""
-    if ci_high <= budget:
-        return "pass"
-    if ci_low > budget:
-        return "fail"
-    return "inconclusive"

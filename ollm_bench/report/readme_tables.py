@@ -1,6 +1,6 @@
 """Regenerate the result tables inside README's "Latest results" block from the stored results.
 
-    python -m ollm_bench.readme_tables [--results results] [--readme README.md]
+    python -m ollm_bench.report.readme_tables [--results results] [--readme README.md]
 
 Each table sits between `<!-- NAME:start -->` and `<!-- NAME:end -->`; the prose around them
 (commands, devices, caveats) is written by hand. Tables: `kv-table` (suite=kv, 2048 and 8192
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cli import replace_readme_block
+from ..cli import replace_readme_block
 
 
 def _pct(point: float, low: float, high: float) -> str:

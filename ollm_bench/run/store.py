@@ -20,21 +20,38 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import StoreError
+from ..errors import StoreError
 
 COLUMNS = [
-    "run_id", "sweep_id", "config_hash", "suite", "model", "optim", "optim_kind", "peer", "content",
-    "seq_len", "seed", "batch_size", "status", "error", "device", "n_docs", "scored_tokens", "ppl",
-    "ppl_ci_low", "ppl_ci_high", "doc_nll", "kv_bytes", "kv_bytes_16bit", "kv_ratio", "peak_mem_bytes",
-    "prefill_tok_s", "prefill_tok_s_spread", "decode_tok_s", "decode_tok_s_spread", "ttft_s",
-    "ttft_s_spread", "n_repeats", "wall_s", "isolation", "method_stats", "torch_version",
-    "transformers_version", "git_commit", "started_at", "config_json",
+    # identity and what was asked for
+    "run_id", "sweep_id", "config_hash", "suite", "scenario", "model", "optim", "optim_kind", "peer", "content",
+    "seq_len", "seed", "batch_size", "status", "error",
+    # where and with what it ran
+    "device", "torch_version", "transformers_version", "versions", "git_commit", "git_dirty", "command",
+    "started_at", "wall_s", "isolation",
+    # quality: perplexity with the cache in the loop, per document
+    "n_docs", "doc_hashes", "scored_tokens", "ppl", "ppl_ci_low", "ppl_ci_high", "doc_nll", "calibration",
+    # memory: what the cache holds
+    "kv_bytes", "kv_bytes_16bit", "kv_ratio", "kv_storage", "peak_mem_bytes",
+    # speed (quality scenario: eager passes on the run's device; context, not GPU evidence)
+    "prefill_tok_s", "prefill_tok_s_spread", "decode_tok_s", "decode_tok_s_spread", "ttft_s", "ttft_s_spread",
+    "n_repeats",
+    # speed at the roofline (decode scenario): one step's time, bytes and bandwidth
+    "decode_mode", "kernel", "step_ms", "step_ms_p10", "step_ms_p90", "gpu_busy_ms", "bytes_per_step",
+    "achieved_gbps", "copy_gbps", "bw_fraction", "prefill_ms", "quantize_share",
+    # one named measurement (attention kernels, allocator workloads): median with p10/p90 over n
+    "metric", "metric_unit", "metric_value", "metric_p10", "metric_p90", "metric_n",
+    "method_stats", "extra", "identity_json", "config_json",
 ]
-JSON_COLUMNS = ("doc_nll", "method_stats", "config_json")
+JSON_COLUMNS = ("doc_nll", "doc_hashes", "kv_storage", "method_stats", "extra", "versions", "identity_json",
+                "config_json")
 STATUSES = ("ok", "failed", "oom", "skipped")
 NUMERIC = ("ppl", "ppl_ci_low", "ppl_ci_high", "kv_bytes", "kv_bytes_16bit", "kv_ratio", "peak_mem_bytes",
            "prefill_tok_s", "decode_tok_s", "ttft_s", "prefill_tok_s_spread", "decode_tok_s_spread",
-           "ttft_s_spread")
+           "ttft_s_spread", "step_ms", "step_ms_p10", "step_ms_p90", "gpu_busy_ms", "bytes_per_step",
+           "achieved_gbps", "copy_gbps", "bw_fraction", "prefill_ms", "quantize_share", "metric_value",
+           "metric_p10", "metric_p90", "metric_n", "seq_len", "seed", "batch_size", "n_docs", "scored_tokens",
+           "n_repeats", "wall_s")
 
 
 def _cell(value) -> str:
@@ -131,13 +148,13 @@ class ResultStore:
             if row[COLUMNS.index("status")] not in STATUSES:
                 raise StoreError(f"{self.path} line {n}: unknown status {row[COLUMNS.index('status')]!r}")
         df = pd.DataFrame(rows[1:], columns=COLUMNS).replace("", None)
-        for col in NUMERIC + ("seq_len", "seed", "batch_size", "n_docs", "scored_tokens", "n_repeats", "wall_s"):
+        for col in NUMERIC:
             df[col] = pd.to_numeric(df[col], errors="coerce")
         for col in JSON_COLUMNS:
             df[col] = df[col].map(lambda v: json.loads(v) if isinstance(v, str) else None)
-        bad = df[(df.status == "ok") & df[["kv_bytes", "prefill_tok_s"]].isna().any(axis=1)]
+        bad = df[(df.status == "ok") & df[["scenario", "device", "config_hash"]].isna().any(axis=1)]
         if len(bad):
-            raise StoreError(f"{self.path}: ok row {bad.index[0] + 2} lacks kv_bytes/prefill_tok_s (corrupt)")
+            raise StoreError(f"{self.path}: ok row {bad.index[0] + 2} lacks scenario/device/config_hash (corrupt)")
         return df
 
     def done_hashes(self, rerun_failed: bool = False) -> set[str]:

@@ -10,8 +10,9 @@ import datetime as dt
 import json
 import multiprocessing as mp
 import os
-import subprocess
+import signal
 import tempfile
+import time
 import traceback
 import uuid
 from pathlib import Path
@@ -19,8 +20,10 @@ from pathlib import Path
 from hydra.utils import to_absolute_path
 from omegaconf import OmegaConf
 
-from .config import BenchConfig, to_bench
-from .errors import BenchError, ConfigError
+from ..config import BenchConfig, build_scenario, to_bench
+from ..errors import BenchError, ConfigError
+from .environment import command_line, git_state, versions
+from .identity import config_hash, run_identity
 from .store import ResultStore
 
 SWEEP_ID_ENV = "OLLM_BENCH_SWEEP_ID"
@@ -38,28 +41,14 @@ def sweep_store(config) -> ResultStore:
     return ResultStore(path / config.suite_name / "runs.csv")
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {"torch_version": version("torch"), "transformers_version": version("transformers")}
-
-
 def _child(cfg_yaml: str, result_path: str) -> None:
     """Entry of the spawned process: measure, write the result as JSON, exit."""
-    from .measure import timed_run
-
     bench = to_bench(OmegaConf.merge(OmegaConf.structured(BenchConfig), OmegaConf.create(cfg_yaml)))
     try:
-        payload = {"ok": True, "row": timed_run(bench)}
+        t0 = time.perf_counter()
+        row = build_scenario(bench).run(bench)
+        row["wall_s"] = round(time.perf_counter() - t0, 3)
+        payload = {"ok": True, "row": row}
     except BenchError as exc:  # bad input (config, data, model): no row, one clear error
         payload = {"ok": False, "bad_input": True, "error": str(exc)}
     except Exception as exc:  # any failure of the method under test becomes a failed row
@@ -69,8 +58,21 @@ def _child(cfg_yaml: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(payload, default=str))
 
 
+OOM_EVENTS = os.environ.get("OLLM_BENCH_OOM_EVENTS", "/sys/fs/cgroup/memory.events")
+
+
+def _oom_kills() -> int | None:
+    """The cgroup's count of processes the kernel killed for memory (None where not readable)."""
+    try:
+        with open(OOM_EVENTS) as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("oom_kill "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def _measure_isolated(cfg_yaml: str, timeout_s: int) -> dict:
     ctx = mp.get_context("spawn")
+    kills_before = _oom_kills()
     with tempfile.TemporaryDirectory(prefix="ollm_bench_") as tmp:
         result_path = os.path.join(tmp, "result.json")
         proc = ctx.Process(target=_child, args=(cfg_yaml, result_path))
@@ -83,8 +85,13 @@ def _measure_isolated(cfg_yaml: str, timeout_s: int) -> dict:
         if os.path.exists(result_path):
             return json.loads(Path(result_path).read_text())
         code = proc.exitcode
-        hint = " (killed: out of memory?)" if code == -9 else ""
-        return {"ok": False, "oom": code == -9, "error": f"run process died with exit code {code}{hint}"}
+        # Out of memory only when the kernel's OOM killer says so (its cgroup counter went up);
+        # any other death, SIGKILL by hand included, is a failure.
+        kills_after = _oom_kills()
+        oom = code == -signal.SIGKILL and None not in (kills_before, kills_after) and kills_after > kills_before
+        hint = " (killed by the kernel's OOM killer)" if oom else (
+            " (killed by SIGKILL)" if code == -signal.SIGKILL else "")
+        return {"ok": False, "oom": oom, "error": f"run process died with exit code {code}{hint}"}
 
 
 def _measure_inline(cfg_yaml: str) -> dict:
@@ -98,12 +105,22 @@ def run_job(cfg) -> dict:
     """Hydra task function body. Returns the stored row (or the skipped marker)."""
     bench = to_bench(cfg)
     store = store_for(bench)
+    try:
+        return _run_job(bench, store)
+    finally:
+        from .progress import tick
+
+        tick(store.path, os.environ.get(SWEEP_ID_ENV, ""), bench.optim.name)
+
+
+def _run_job(bench: BenchConfig, store: ResultStore) -> dict:
     store.check_writable()
-    config_hash = bench.config_hash()
-    label = f"{bench.model.name}/{bench.optim.name}/{bench.content.name}/{bench.seq_len}/seed{bench.seed}"
-    if config_hash in store.done_hashes(bench.runner.rerun_failed):
-        print(f"[ollm_bench] skip (done) {label}", flush=True)
-        return {"status": "skipped", "config_hash": config_hash}
+    identity = run_identity(bench)
+    chash = config_hash(identity)
+    label = f"{bench.model.name}/{bench.optim.name}/{bench.content.name}/{bench.seq_len}/b{bench.batch_size}/seed{bench.seed}"
+    if chash in store.done_hashes(bench.runner.rerun_failed):
+        print(f"[ollm_bench] skip (done on this machine and code) {label}", flush=True)
+        return {"status": "skipped", "config_hash": chash}
     cfg_yaml = OmegaConf.to_yaml(OmegaConf.structured(bench))
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if bench.runner.isolation == "process":
@@ -112,11 +129,14 @@ def run_job(cfg) -> dict:
         result = _measure_inline(cfg_yaml)
     if result.get("bad_input"):
         raise ConfigError(f"{label}: {result['error']}")
+    libs = versions()
+    commit, dirty = git_state()
     row = {
         "run_id": uuid.uuid4().hex[:12],
         "sweep_id": os.environ.get(SWEEP_ID_ENV, ""),
-        "config_hash": config_hash,
+        "config_hash": chash,
         "suite": bench.suite_name,
+        "scenario": bench.scenario_name,
         "model": bench.model.name,
         "optim": bench.optim.name,
         "optim_kind": bench.optim.kind,
@@ -126,23 +146,44 @@ def run_job(cfg) -> dict:
         "seed": bench.seed,
         "batch_size": bench.batch_size,
         "isolation": bench.runner.isolation,
-        "git_commit": git_commit(),
+        "device": identity["device_name"],
+        "torch_version": libs.get("torch"),
+        "transformers_version": libs.get("transformers"),
+        "versions": libs,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "command": command_line(),
         "started_at": started,
-        "config_json": bench.run_fields(),
-        **_versions(),
+        "identity_json": {k: v for k, v in identity.items() if k != "config"},
+        "config_json": identity["config"],
     }
     if result["ok"]:
         metrics = result["row"]
         row.update(metrics, status="ok")
-        row["kv_ratio"] = metrics["kv_bytes"] / metrics["kv_bytes_16bit"]
+        if metrics.get("kv_bytes") is not None and metrics.get("kv_bytes_16bit"):
+            row["kv_ratio"] = metrics["kv_bytes"] / metrics["kv_bytes_16bit"]
     else:
         row.update(status="oom" if result.get("oom") else "failed", error=result["error"][:500])
     if not store.append_new(row, bench.runner.rerun_failed):  # another worker stored it meanwhile
         print(f"[ollm_bench] skip (stored meanwhile by another worker) {label}", flush=True)
-        return {"status": "skipped", "config_hash": config_hash}
-    msg = f"ppl={row['ppl']:.3f} kv_ratio={row['kv_ratio']:.3f}" if row.get("ppl") else row.get("error", "")
-    print(f"[ollm_bench] {row['status']:6s} {label} {msg}", flush=True)
+        return {"status": "skipped", "config_hash": chash}
+    print(f"[ollm_bench] {row['status']:6s} {label} {_summary(row)}", flush=True)
     return row
+
+
+def _summary(row: dict) -> str:
+    if row["status"] != "ok":
+        return row.get("error", "")
+    parts = []
+    if row.get("ppl") is not None:
+        parts.append(f"ppl={row['ppl']:.3f}")
+    if row.get("kv_ratio") is not None:
+        parts.append(f"kv_ratio={row['kv_ratio']:.3f}")
+    if row.get("step_ms") is not None:
+        parts.append(f"step={row['step_ms']:.3f} ms bw_fraction={row.get('bw_fraction') or float('nan'):.2f}")
+    if row.get("metric") is not None:
+        parts.append(f"{row['metric']}={row['metric_value']:.4g} {row.get('metric_unit') or ''}")
+    return " ".join(parts)
 
 
 def new_sweep_id() -> str:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .errors import ConfigError, StoreError
-from .report import summarize
-from .store import ResultStore
+from ..errors import ConfigError, StoreError
+from .tables import summarize
+from ..run.store import ResultStore
 
 
 @dataclass
@@ -144,7 +144,7 @@ def kv_storage_bits(r: Results, optim: str) -> Evidence:
 
     from optim.kv_mixed import MixedPrecisionKV
 
-    from .models import build_random_model, tiny_gemma3_config
+    from ..models import build_random_model, tiny_gemma3_config
 
     model = build_random_model(tiny_gemma3_config(layers=2, sliding_window=4096))
     cache = MixedPrecisionKV().make_cache(model.config)

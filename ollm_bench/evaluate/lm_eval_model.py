@@ -1,7 +1,7 @@
 """lm-eval with the optimization in the loop (DESIGN.md, "Quality with the optimization in the loop").
 
 lm-eval's own `HFLM` scores a request with one cache-less forward, so a KV-cache method never
-touches its numbers. `CacheInLoopLM` scores the way generation runs, reusing `ollm_bench.quality`:
+touches its numbers. `CacheInLoopLM` scores the way generation runs, reusing `ollm_bench.evaluate.scoring`:
 
 * `loglikelihood`: the context is prefilled in chunks into a *fresh* cache from `make_cache`, and
   the continuation is fed in chunks by `score_tail`, each token predicted from that cache;
@@ -34,8 +34,8 @@ from lm_eval.models.utils import (
 )
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 
-from .errors import ConfigError
-from .quality import forward, prefill, score_tail
+from ..errors import ConfigError
+from .scoring import forward, prefill, score_tail
 
 DEFAULT_MAX_LENGTH = 2048  # HFLM's fallback when neither config nor tokenizer states a length
 
@@ -228,23 +228,25 @@ class CacheInLoopLM(TemplateLM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "CacheInLoopLM":
-        """`model=<gemma3_270m | local dir | hub id>,optim=<optim.REGISTRY name>[,prefill_chunk=..]`."""
-        from optim import REGISTRY
+        """`model=<gemma3_270m | local dir | hub id>,optim=<conf/optim name>[,prefill_chunk=..]`."""
+        from ..methods import build_method, make_cache_fn, optim_names
 
-        from .models import load_pretrained
+        from ..models import load_pretrained
 
         args = simple_parse_args_string(arg_string)
         args.update({k: v for k, v in (additional_config or {}).items() if k in ("max_length",) and v is not None})
         source = args.pop("model", "gemma3_270m")
         optim = args.pop("optim", "baseline")
-        if optim not in REGISTRY:
-            raise ConfigError(f"unknown optim {optim!r} for ollm_cache; choose one of {sorted(REGISTRY)}")
+        if optim not in optim_names():
+            raise ConfigError(f"unknown optim {optim!r} for ollm_cache; choose one of {optim_names()}")
         known = {"max_length", "prefill_chunk", "score_chunk", "max_gen_toks", "add_bos_token"}
         unknown = set(args) - known
         if unknown:
             raise ConfigError(f"unknown ollm_cache model_args {sorted(unknown)}; known: model, optim, {sorted(known)}")
         loaded = load_pretrained(source)
-        return cls(loaded.model, loaded.tokenizer, REGISTRY[optim].make_cache, name=f"{source}/{optim}", **args)
+        method = build_method(optim)
+        make_cache = lambda config: make_cache_fn(method, config)()  # noqa: E731
+        return cls(loaded.model, loaded.tokenizer, make_cache, name=f"{source}/{optim}", **args)
 
 
 __all__ = ["CacheInLoopLM"]

@@ -21,7 +21,7 @@ from typing import Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .errors import BenchError, ConfigError, StoreError
+from ..errors import BenchError, ConfigError, StoreError
 from .runner import sweep_store
 from .store import ResultStore
 

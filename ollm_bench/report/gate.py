@@ -1,0 +1,110 @@
+"""Regression gate: compare a run of a suite against committed reference rows of the same machine.
+
+Regressions (each printed with its numbers):
+- a run that was `ok` in the reference is not `ok` now, or is missing;
+- KV bytes changed by more than `kv_tol` in either direction (bytes are exact: the tolerance only
+  absorbs nothing-but-rounding; default 0.1 %);
+- perplexity moved beyond noise in EITHER direction: the paired t-interval over documents of
+  ppl_new / ppl_ref - 1 lies wholly above +`ppl_tol` or wholly below -`ppl_tol` (default 0.5 %).
+  Worse is a regression; better is one too, since a cache that leaks future tokens scores better
+  than it should, and a compressed cache that improves perplexity is a bug until explained.
+- the documents differ from the reference's (their hashes): the comparison would not be paired.
+CPU runs are deterministic for the same code and documents, so identical reruns give exactly 0.
+The reference must come from the same machine class (device name, torch and transformers
+versions); another machine's reference is one clear error naming both. Speed is not gated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import StoreError
+from ..evaluate.stats import CI_METHOD, paired_change
+from ..run.store import ResultStore
+from .quality import KEY, latest_ok
+
+MATCH = KEY + ["optim"]
+MACHINE = ("device", "torch_version", "transformers_version")
+
+
+@dataclass
+class GateResult:
+    checked: int
+    regressions: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions
+
+
+def _load(path: Path, what: str, require_baseline: bool) -> pd.DataFrame:
+    if not path.exists():
+        raise StoreError(f"{what} results not found at {path}")
+    df = ResultStore(path).read()
+    if df.empty:
+        raise StoreError(f"{what} results at {path} hold no rows")
+    if require_baseline and not (df.optim == "baseline").any():
+        raise StoreError(f"{what} results at {path} have no baseline rows")
+    return df
+
+
+def _machines(df: pd.DataFrame) -> set[tuple]:
+    return {tuple(str(v) for v in row) for row in df[list(MACHINE)].dropna().drop_duplicates().itertuples(index=False)}
+
+
+def check_same_machine(current: pd.DataFrame, reference: pd.DataFrame) -> None:
+    cur, ref = _machines(current), _machines(reference)
+    if cur and not cur <= ref:
+        show = lambda ms: "; ".join(f"{d} (torch {t}, transformers {tf})" for d, t, tf in sorted(ms))  # noqa: E731
+        raise StoreError(f"the reference was measured on another machine: reference {show(ref)}; this run {show(cur)}. "
+                         "Make a reference on this machine (python -m ollm_bench sweep suite=ci results_dir=DIR) and "
+                         "pass its folder as reference=")
+
+
+def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.001, ppl_tol: float = 0.005) -> GateResult:
+    for field in ("suite", "model"):
+        ref_vals, cur_vals = set(reference[field].dropna()), set(current[field].dropna())
+        if not cur_vals <= ref_vals:
+            raise StoreError(
+                f"reference is from another {field} ({sorted(ref_vals)}) than this run ({sorted(cur_vals)})"
+            )
+    check_same_machine(current, reference)
+    ref_ok = latest_ok(reference).set_index(MATCH)
+    cur_latest = current.sort_values("started_at").drop_duplicates(subset=MATCH, keep="last").set_index(MATCH)
+    regressions, checked = [], 0
+    for key, ref in ref_ok.iterrows():
+        label = f"{key[0]}/{key[6]}/{key[2]}/{key[3]}"  # model/optim/content/seq_len
+        if key not in cur_latest.index:
+            regressions.append(f"{label}: missing from this run (ok in the reference)")
+            continue
+        cur = cur_latest.loc[key]
+        checked += 1
+        if cur.status != "ok":
+            regressions.append(f"{label}: status {cur.status} ({cur.error}), was ok")
+            continue
+        if abs(cur.kv_bytes / ref.kv_bytes - 1) > kv_tol:
+            regressions.append(f"{label}: KV bytes {int(cur.kv_bytes)} vs reference {int(ref.kv_bytes)} "
+                               f"({100 * (cur.kv_bytes / ref.kv_bytes - 1):+.2f}%)")
+        if ref.doc_nll and cur.doc_nll:
+            if cur.doc_hashes != ref.doc_hashes or ref.scored_tokens != cur.scored_tokens:
+                regressions.append(f"{label}: scored other documents than the reference (document hashes differ)")
+                continue
+            ch = paired_change(cur.doc_nll, ref.doc_nll, [cur.scored_tokens] * len(cur.doc_nll))
+            if ch.low > ppl_tol or ch.high < -ppl_tol:
+                way = "worse" if ch.low > ppl_tol else "better (a leak? an improvement from a lossy cache is a bug until explained)"
+                regressions.append(f"{label}: perplexity {cur.ppl:.4f} vs reference {ref.ppl:.4f}, {way}: "
+                                   f"{100 * ch.point:+.2f}%, 95% CI [{100 * ch.low:+.2f}%, {100 * ch.high:+.2f}%] "
+                                   f"beyond ±{100 * ppl_tol}% ({CI_METHOD}, n={ch.n})")
+            elif ch.n < 3 and abs(ch.point) > ppl_tol:
+                regressions.append(f"{label}: perplexity {100 * ch.point:+.2f}% vs reference with n={ch.n} documents "
+                                   "(too few for an interval; any change beyond tolerance counts)")
+    return GateResult(checked, regressions)
+
+
+def run_gate(current_dir: Path, reference_dir: Path, kv_tol: float, ppl_tol: float) -> GateResult:
+    reference = _load(reference_dir / "runs.csv", "reference", require_baseline=True)
+    current = _load(current_dir / "runs.csv", "current", require_baseline=False)
+    return compare(current, reference, kv_tol, ppl_tol)

@@ -1,0 +1,116 @@
+"""Quality rows -> one summary row per (model, machine, content, length, method), paired with the
+baseline of the same machine and the same documents.
+
+Every perplexity change is paired per document (same document hashes on both sides) with the
+t-interval of `evaluate/stats.py`; each row carries its gate verdict, its minimum detectable
+effect at 80 % power, the documents an inconclusive verdict would need, and a flag when a lossy
+method lowers perplexity beyond noise (a bug until explained).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..errors import StoreError
+from ..evaluate.stats import CI_METHOD, flag_improvement, paired_change
+
+KEY = ["model", "device", "content", "seq_len", "seed", "batch_size"]
+BASELINE = "baseline"
+
+
+def latest_ok(df: pd.DataFrame, scenario: str | None = "quality") -> pd.DataFrame:
+    ok = df[df.status == "ok"]
+    if scenario is not None:
+        ok = ok[ok.scenario == scenario]
+    return ok.sort_values("started_at").drop_duplicates(subset=KEY + ["optim"], keep="last")
+
+
+def _is_peer(value) -> bool:
+    return str(value).lower() in ("true", "1")
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, device, content, seq_len, seed, batch, optim) with changes vs the baseline."""
+    ok = latest_ok(df)
+    if ok.empty:
+        raise StoreError("no ok quality rows to report")
+    base = ok[ok.optim == BASELINE].set_index(KEY)
+    out = []
+    for _, r in ok.iterrows():
+        key = tuple(r[k] for k in KEY)
+        b = base.loc[key] if key in base.index else None
+        row = {k: r[k] for k in KEY} | {
+            "optim": r.optim, "peer": _is_peer(r.peer), "n_docs": r.n_docs, "scored_tokens": r.scored_tokens,
+            "ppl": r.ppl, "ppl_ci_low": r.ppl_ci_low, "ppl_ci_high": r.ppl_ci_high, "kv_ratio": r.kv_ratio,
+            "kv_mib": r.kv_bytes / 2**20, "prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s,
+            "decode_tok_s_spread": r.decode_tok_s_spread, "n_repeats": r.n_repeats, "calibration": r.calibration,
+        }
+        if b is not None:
+            row["prefill_ratio"] = r.prefill_tok_s / b.prefill_tok_s
+            row["decode_ratio"] = r.decode_tok_s / b.decode_tok_s
+            row["kv_vs_baseline"] = r.kv_bytes / b.kv_bytes
+            if r.optim == BASELINE:
+                row["gate"] = "reference"
+            elif r.doc_nll and b.doc_nll and r.doc_hashes and r.doc_hashes == b.doc_hashes:
+                ch = paired_change(r.doc_nll, b.doc_nll, [r.scored_tokens] * len(r.doc_nll))
+                row.update(ppl_delta=ch.point, ppl_delta_low=ch.low, ppl_delta_high=ch.high, ppl_sd=ch.sd,
+                           mde=ch.mde, gate=ch.gate(), docs_to_resolve=ch.docs_to_resolve(),
+                           improves=r.optim != BASELINE and flag_improvement(ch.high))
+            elif r.doc_nll and b.doc_nll:
+                row["gate"] = "documents differ"
+        out.append(row)
+    cols = ["model", "content", "seq_len", "optim"]
+    return pd.DataFrame(out).sort_values(cols).reset_index(drop=True)
+
+
+def pct(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.2f}%"
+
+
+def delta_text(r) -> str:
+    if pd.isna(r.get("ppl_delta")):
+        return ""
+    if pd.isna(r.get("ppl_delta_low")):
+        return f"{pct(r.ppl_delta)} (n < 3: no interval)"
+    return f"{pct(r.ppl_delta)} [{pct(r.ppl_delta_low)}, {pct(r.ppl_delta_high)}]"
+
+
+def verdict_text(r) -> str:
+    """Gate verdict, with what would resolve an inconclusive one and a flag on suspicious gains."""
+    gate = r.get("gate")
+    if not isinstance(gate, str):
+        return ""
+    if gate == "inconclusive" and not pd.isna(r.get("docs_to_resolve")):
+        gate += f" (needs ~{int(r.docs_to_resolve)} docs)"
+    if r.get("improves") is True:
+        gate += " ⚠ improves beyond noise"
+    return gate
+
+
+def name_text(r) -> str:
+    return f"{r.optim} (peer)" if r.get("peer") else str(r.optim)
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    head = ("| model | content | len | optim | n | ppl | Δppl vs base [95% CI] | MDE | gate | KV / 16-bit | "
+            "decode tok/s (range) |")
+    lines = [head, "|" + "---|" * 11]
+    for _, r in summary.iterrows():
+        ppl = "" if pd.isna(r.ppl) else f"{r.ppl:.3f}"
+        mde = "" if pd.isna(r.get("mde")) else f"{100 * r.mde:.2f}%"
+        speed = "" if pd.isna(r.decode_tok_s) else f"{r.decode_tok_s:.1f} (±{r.decode_tok_s_spread / 2:.1f})"
+        lines.append(f"| {r.model} | {r.content} | {r.seq_len} | {name_text(r)} | {int(r.n_docs)} | {ppl} | "
+                     f"{delta_text(r)} | {mde} | {verdict_text(r)} | {r.kv_ratio:.3f} | {speed} |")
+    return "\n".join(lines)
+
+
+def method_note(summary: pd.DataFrame) -> str:
+    n = sorted({int(x) for x in summary.n_docs.dropna()})
+    tokens = sorted({int(x) for x in summary.scored_tokens.dropna()})
+    return (f"n = {', '.join(map(str, n))} documents per cell (disjoint spans of the source), last "
+            f"{', '.join(map(str, tokens))} tokens of each scored from the cache; Δppl = ppl_method / ppl_baseline - 1 "
+            f"on the same documents, 95 % {CI_METHOD} (exp of the mean per-token log-ratio); MDE: smallest change "
+            "detectable at 80 % power; gate: pass if the interval's upper end ≤ 2 %, fail if its lower end > 2 %, else "
+            "inconclusive (with the documents that would resolve it at 80 % power if the change is what was observed).")

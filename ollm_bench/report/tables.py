@@ -1,0 +1,84 @@
+"""`results/<suite>/report.md`, `summary.csv` and plots from stored rows, one section per scenario
+found in the store (quality; decode speed; named measurements), plus the runs that failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import StoreError
+from ..run.store import ResultStore
+from . import quality as q
+from .plots import plot_quality_vs_bytes
+
+SECTION_BUILDERS = []  # (scenario, function(df, suite_dir) -> list[str]); speed sections register here
+
+
+def section(scenario: str):
+    def register(fn):
+        SECTION_BUILDERS.append((scenario, fn))
+        return fn
+
+    return register
+
+
+@section("quality")
+def quality_section(df: pd.DataFrame, suite_dir: Path) -> list[str]:
+    summary = q.summarize(df)
+    summary.to_csv(suite_dir / "summary.csv", index=False)
+    lines = ["## Quality with the cache in the loop", "", q.method_note(summary), "",
+             "KV / 16-bit: exact bytes of every stored tensor (scales, zero-points and windows included) over the same "
+             "tokens in a plain 16-bit cache (an fp32 baseline holds 2.0). CPU decode speed is context, not evidence "
+             "(eager Python steps on a shared CPU); speed evidence comes from the decode scenario on a GPU.", "",
+             q.markdown_table(summary), ""]
+    for seq_len in sorted(summary.seq_len.unique()):
+        name = f"quality_vs_kv_bytes_{int(seq_len)}.png"
+        if plot_quality_vs_bytes(summary, suite_dir / name, int(seq_len)):
+            lines += [f"![quality vs KV bytes at {int(seq_len)} tokens]({name})", ""]
+    return lines
+
+
+def write_report(suite_dir: Path) -> Path:
+    suite_dir = Path(suite_dir)
+    store_path = suite_dir / "runs.csv"
+    if not store_path.exists():
+        raise StoreError(f"no results at {store_path}: run `python -m ollm_bench sweep suite={suite_dir.name}` first")
+    df = ResultStore(store_path).read()
+    if df.empty:
+        raise StoreError(f"{store_path} holds no rows yet")
+    from . import speed  # noqa: F401  registers the speed sections
+
+    failed = df[df.status != "ok"]
+    devices = ", ".join(sorted(df.device.dropna().unique()))
+    libs = ", ".join(sorted({f"torch {a} / transformers {b}" for a, b in zip(df.torch_version, df.transformers_version)}))
+    commits = ", ".join(sorted(df.git_commit.dropna().astype(str).unique()))
+    lines = [f"# ollm_bench report: suite `{suite_dir.name}`", "",
+             f"{len(df)} stored rows ({(df.status == 'ok').sum()} ok, {len(failed)} not ok). Devices: {devices}. "
+             f"{libs}. Code: {commits}.", ""]
+    for scenario, build in SECTION_BUILDERS:
+        if (df[df.status == "ok"].scenario == scenario).any():
+            lines += build(df[df.scenario == scenario], suite_dir)
+    if len(failed):
+        lines += ["## Runs that did not succeed", "", "| model | optim | content | len | batch | status | error |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.model} | {r.optim} | {r.content} | {r.seq_len} | {r.batch_size} | {r.status} | "
+                  f"{str(r.error)[:160]} |" for _, r in failed.iterrows()]
+    out = suite_dir / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def tables_for_devices(suite_dir: Path, devices: set[str]) -> str:
+    """The report's tables restricted to rows measured on `devices` (what a sweep just ran)."""
+    df = ResultStore(Path(suite_dir) / "runs.csv").read()
+    df = df[df.device.isin(devices)]
+    out = []
+    if (df[df.status == "ok"].scenario == "quality").any():
+        summary = q.summarize(df)
+        out += [q.markdown_table(summary), "", q.method_note(summary)]
+    if (df[df.status == "ok"].scenario == "decode").any():
+        from .speed import decode_summary, decode_table
+
+        out += [decode_table(decode_summary(df))]
+    return "\n".join(out) or "no ok rows from this machine"
