@@ -63,12 +63,14 @@ def tiny_gemma3_config(layers: int = 4, sliding_window: int = 16, vocab_size: in
     )
 
 
-def build_random_model(config, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Random weights from a config: tests (tiny) and no-weights speed/memory runs (real shapes)."""
+def build_random_model(config, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:
+    """Random weights from a config: tests (tiny) and no-weights speed/memory runs (real shapes),
+    initialised on `device` (an 8B-shaped model takes seconds on a GPU, minutes on the host)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
 
 
@@ -161,7 +163,7 @@ def load_model(model_cfg, device: str = "cpu") -> LoadedModel:
         if "model_type" not in arch:
             raise ModelLoadError(f"no-weights model {model_cfg.name!r} needs arch.model_type (e.g. llama)")
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-        loaded = LoadedModel(build_random_model(config, dtype=dtype), ByteTokenizer(), model_cfg.name)
+        loaded = LoadedModel(build_random_model(config, dtype=dtype, device=device), ByteTokenizer(), model_cfg.name)
     else:
         loaded = load_pretrained(model_cfg.source, dtype=dtype)
     loaded.model.to(device)

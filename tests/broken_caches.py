@@ -1,4 +1,4 @@
-"""Deliberately broken KV methods: the metric must notice them (DESIGN.md, quality in the loop)."""
+"""Deliberately broken KV methods: a quality metric with the cache in the loop must notice them."""
 
 from dataclasses import dataclass
 

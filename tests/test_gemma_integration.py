@@ -5,7 +5,7 @@ import torch
 
 from ollm_bench.data import load_documents
 from ollm_bench.evaluate.scoring import prefill, run_pass, score_tail
-from optim import REGISTRY
+from ollm_bench.methods import build_method
 from tests.broken_caches import ZeroValuesKV
 from tests.conftest import TINY
 
@@ -37,7 +37,7 @@ def test_known_text_perplexity(gemma):
 
 def test_chunked_equals_one_shot_across_sliding_window(gemma):
     ids = torch.tensor([d.ids for d in load_documents("prose", gemma.tokenizer, 700, 1)])
-    cache = REGISTRY["baseline"].make_cache(gemma.model.config)
+    cache = build_method("baseline").make_cache(gemma.model.config)
     last = prefill(gemma.model, ids[:, :600], cache, 256)
     nll, _ = score_tail(gemma.model, ids[:, 600:], cache, last, 50)
     with torch.inference_mode():
@@ -53,7 +53,7 @@ def test_int8_in_loop_small_loss_and_broken_cache_large_loss(gemma):
         res = run_pass(gemma.model, lambda: method.make_cache(gemma.model.config), ids, 256, 256, 64, 0)
         return float(torch.tensor(res.nll[0] / 256).exp())
 
-    base, int8, broken = ppl(REGISTRY["baseline"]), ppl(REGISTRY["kv_int8"]), ppl(ZeroValuesKV())
+    base, int8, broken = ppl(build_method("baseline")), ppl(build_method("kv_int8")), ppl(ZeroValuesKV())
     assert int8 != base and abs(int8 / base - 1) < 0.02, (base, int8)
     assert broken / base > 1.5, (base, broken)
 

@@ -10,7 +10,7 @@ from lm_eval.api.instance import Instance
 
 from ollm_bench.errors import ConfigError
 from ollm_bench.evaluate.lm_eval_model import CacheInLoopLM
-from optim import REGISTRY
+from ollm_bench.methods import build_method
 from tests.broken_caches import ZeroValuesKV
 
 CONTEXT = "The quick brown fox jumps over the lazy"
@@ -47,7 +47,7 @@ def hflm(tiny_model, tokenizer):
 
 
 def ours(model, tokenizer, method="baseline", **kw):
-    make = ZeroValuesKV().make_cache if method == "zero_values" else REGISTRY[method].make_cache
+    make = ZeroValuesKV().make_cache if method == "zero_values" else build_method(method).make_cache
     return CacheInLoopLM(model, tokenizer, make, **{"max_length": 64, "prefill_chunk": 7, "score_chunk": 5, **kw})
 
 
@@ -172,7 +172,7 @@ def _gemma_checks(lm):
     from ollm_bench.tasks import evaluate
 
     hf = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=1, device="cpu")
-    mine = CacheInLoopLM(lm.model, lm.tokenizer, REGISTRY["baseline"].make_cache, prefill_chunk=512, score_chunk=4)
+    mine = CacheInLoopLM(lm.model, lm.tokenizer, build_method("baseline").make_cache, prefill_chunk=512, score_chunk=4)
     reqs = [Instance("loglikelihood", {}, ("The capital of France is", " Paris"), 0),
             Instance("loglikelihood", {}, ("Paul Graham wrote essays about startups and", " programming languages"), 1)]
     want, got = hf.loglikelihood(reqs), mine.loglikelihood(reqs)

@@ -1,11 +1,10 @@
 """Chunked scoring through the cache equals one-shot scoring; a broken cache moves it."""
 
-import numpy as np
 import pytest
 import torch
 
-from ollm_bench.evaluate.scoring import bootstrap_ppl_ci, bootstrap_ratio_ci, gate_verdict, prefill, run_pass, score_tail
-from optim import REGISTRY
+from ollm_bench.evaluate.scoring import prefill, run_pass, score_tail
+from ollm_bench.methods import build_method
 from tests.broken_caches import ZeroValuesKV
 
 
@@ -20,7 +19,7 @@ def one_shot_nll(model, ids, score_tokens):
 def test_chunked_baseline_equals_one_shot(tiny_model, prefill_chunk, score_chunk):
     torch.manual_seed(1)
     ids = torch.randint(3, 250, (2, 90))  # longer than the tiny sliding window (16)
-    cache = REGISTRY["baseline"].make_cache(tiny_model.config)
+    cache = build_method("baseline").make_cache(tiny_model.config)
     last = prefill(tiny_model, ids[:, :60], cache, prefill_chunk)
     nll, _ = score_tail(tiny_model, ids[:, 60:], cache, last, score_chunk)
     torch.testing.assert_close(nll, one_shot_nll(tiny_model, ids, 30), rtol=1e-5, atol=1e-4)
@@ -28,39 +27,21 @@ def test_chunked_baseline_equals_one_shot(tiny_model, prefill_chunk, score_chunk
 
 def test_broken_cache_moves_nll(tiny_model):
     ids = torch.randint(3, 250, (1, 80))
-    base = run_pass(tiny_model, lambda: REGISTRY["baseline"].make_cache(tiny_model.config), ids, 40, 16, 8, 0)
+    base = run_pass(tiny_model, lambda: build_method("baseline").make_cache(tiny_model.config), ids, 40, 16, 8, 0)
     broken = run_pass(tiny_model, lambda: ZeroValuesKV().make_cache(tiny_model.config), ids, 40, 16, 8, 0)
     assert abs(broken.nll[0] - base.nll[0]) / base.nll[0] > 0.01
 
 
 def test_int8_cache_is_in_the_loop(tiny_model):
     ids = torch.randint(3, 250, (1, 80))
-    base = run_pass(tiny_model, lambda: REGISTRY["baseline"].make_cache(tiny_model.config), ids, 40, 16, 8, 0)
-    int8 = run_pass(tiny_model, lambda: REGISTRY["kv_int8"].make_cache(tiny_model.config), ids, 40, 16, 8, 0)
+    base = run_pass(tiny_model, lambda: build_method("baseline").make_cache(tiny_model.config), ids, 40, 16, 8, 0)
+    int8 = run_pass(tiny_model, lambda: build_method("kv_int8").make_cache(tiny_model.config), ids, 40, 16, 8, 0)
     assert int8.nll[0] != base.nll[0]
     assert abs(int8.nll[0] - base.nll[0]) / base.nll[0] < 0.05
 
 
 def test_run_pass_decodes_and_times(tiny_model):
     ids = torch.randint(3, 250, (1, 40))
-    res = run_pass(tiny_model, lambda: REGISTRY["kv_int8"].make_cache(tiny_model.config), ids, 10, 16, 8, 4)
+    res = run_pass(tiny_model, lambda: build_method("kv_int8").make_cache(tiny_model.config), ids, 10, 16, 8, 4)
     assert len(res.decode_step_s) == 4 and all(t > 0 for t in res.decode_step_s)
     assert res.prefill_tokens == 30 and res.n_scored == 10
-
-
-def test_bootstrap_ci_brackets_point_and_is_paired():
-    nll = np.array([100.0, 120.0, 90.0, 110.0])
-    n = np.full(4, 50.0)
-    lo, hi = bootstrap_ppl_ci(nll, n, 500)
-    point = np.exp(nll.sum() / n.sum())
-    assert lo <= point <= hi
-    # Identical documents on both sides: the paired delta is exactly zero, whatever the spread.
-    assert bootstrap_ratio_ci(nll, nll, n, 500) == (0.0, 0.0, 0.0)
-    d, lo, hi = bootstrap_ratio_ci(nll * 1.1, nll, n, 500)
-    assert lo <= d <= hi and d > 0
-
-
-def test_gate_verdicts():
-    assert gate_verdict(-0.01, 0.015) == "pass"
-    assert gate_verdict(0.03, 0.05) == "fail"
-    assert gate_verdict(0.01, 0.03) == "inconclusive"

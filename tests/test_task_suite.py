@@ -5,7 +5,7 @@ import math
 import pytest
 
 from ollm_bench.errors import ConfigError
-from ollm_bench.evaluate.scoring import gate_verdict
+from ollm_bench.evaluate.stats import gate_verdict
 from ollm_bench.evaluate.task_suite import _aggregate, _per_doc, paired_delta
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from ..errors import ConfigError, StoreError
-from .tables import summarize
+from .quality import summarize
 from ..run.store import ResultStore
 
 

@@ -159,7 +159,8 @@ def _run_job(bench: BenchConfig, store: ResultStore) -> dict:
     }
     if result["ok"]:
         metrics = result["row"]
-        row.update(metrics, status="ok")
+        row.update(metrics)
+        row["status"] = metrics.get("status", "ok")  # a scenario may say `skipped` (with the reason in `error`)
         if metrics.get("kv_bytes") is not None and metrics.get("kv_bytes_16bit"):
             row["kv_ratio"] = metrics["kv_bytes"] / metrics["kv_bytes_16bit"]
     else:

@@ -1,0 +1,195 @@
+"""Scenario `decode`: the time of one decode step (one token per sequence) at a given context and
+batch, the bytes it must move, and how close it comes to the memory bandwidth.
+
+Decode is bandwidth-bound: a step reads the weights and the KV cache once. Every method, the
+baseline included, is timed in the same decode mode, and rows are compared only within a mode:
+
+- `graph`: the step is captured once in a CUDA graph over preallocated buffers and replayed; the
+  current length lives in device memory, attention reads only the filled part, and nothing in the
+  step synchronises with the host. Needs a method whose storage is preallocated (`kernel=triton`
+  stores, see optim/kv_static.py); another method gets a `skipped` row naming the reason.
+- `eager`: transformers' forward per step, as Python drives it (launch-bound on a GPU; kept,
+  labelled, for methods whose storage grows per step: peers, `kernel=torch` caches).
+- `compiled`: `torch.compile(mode="reduce-overhead")` over transformers' `StaticCache` (baseline
+  only), the common off-the-shelf way, for scale.
+
+Per row: step time (median, p10, p90 over `repeats` x `steps` CUDA-event timings), GPU busy time
+and kernels per step (profiler), `bytes_per_step` (weights + the KV bytes the cache holds for the
+filled tokens: codes, scales, zero-points, windows), achieved GB/s and `bw_fraction` against the
+copy bandwidth measured in the same process, prefill time, and for quantizing stores the share of
+prefill device time spent in quantize-on-write kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from optim import cache_nbytes, plain_kv_bytes
+
+from ..config import BenchConfig
+from ..errors import ConfigError
+from ..methods import make_cache_fn
+from ..models import load_model
+from ..run.environment import device_name, resolve_device
+from . import gpu_timing as gt
+from .base import Scenario, positive
+
+MODES = ("graph", "eager", "compiled")
+
+
+class NotMeasurable(Exception):
+    """This method cannot be measured in this mode (a `skipped` row says why)."""
+
+
+@dataclass
+class DecodeScenario(Scenario):
+    name: ClassVar[str] = "decode"
+    needs_cuda: ClassVar[bool] = True
+    decode_mode: str = "graph"
+    steps: int = 32  # timed steps per repeat
+    repeats: int = 4
+    warmup: int = 4
+    prefill_chunk: int = 4096
+    profile_steps: int = 4
+    allow_cpu: bool = False  # functional checks of this scenario's logic on CPU (tests); never evidence
+    quantize_kernels: str = "quant"  # name pattern of quantize-on-write kernels (prefill share)
+
+    def __post_init__(self):
+        if self.decode_mode not in MODES:
+            raise ConfigError(f"scenario.decode_mode={self.decode_mode!r} is not one of {MODES}")
+        positive(self, "steps", "repeats", "prefill_chunk")
+
+    def check(self, bench: BenchConfig) -> None:
+        if self.allow_cpu:
+            return
+        super().check(bench)
+        if resolve_device(bench.device).type != "cuda":
+            raise ConfigError(f"suite {bench.suite_name!r} measures decode speed on a CUDA GPU and this machine has "
+                              "none (device resolves to cpu); run it on a GPU machine (README: GPU runs)")
+
+    def run(self, bench: BenchConfig) -> dict:
+        try:
+            return measure_decode(self, bench)
+        except NotMeasurable as exc:
+            return {"status": "skipped", "error": str(exc), "decode_mode": self.decode_mode}
+
+
+def _random_ids(vocab: int, batch: int, length: int, device, seed: int) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randint(0, vocab, (batch, length), generator=gen).to(device)
+
+
+def _eager_driver(model, cache, chunk: int):
+    from ..evaluate.scoring import forward
+
+    state = {}
+
+    def prefill(ids):
+        one_shot = getattr(cache, "one_shot_prefill", False)
+        step = ids.shape[1] if one_shot else chunk
+        logits = None
+        for s in range(0, ids.shape[1], step):
+            logits = forward(model, ids[:, s : s + step], cache, logits_to_keep=1)
+        state["next"] = logits[:, -1:].argmax(-1)
+
+    def step():
+        state["next"] = forward(model, state["next"], cache, logits_to_keep=1)[:, -1:].argmax(-1)
+
+    return prefill, step
+
+
+def _compiled_driver(model, config, bench: BenchConfig, total: int, device):
+    from transformers import StaticCache
+
+    from optim.static_kv_arena import cache_kwarg
+
+    from ..evaluate.scoring import forward
+
+    cache = StaticCache(config=config, max_cache_len=total)
+    compiled = torch.compile(model.forward, mode="reduce-overhead")
+    state = {}
+
+    def prefill(ids):
+        logits = forward(model, ids, cache, logits_to_keep=1)
+        state["next"], state["pos"] = logits[:, -1:].argmax(-1), ids.shape[1]
+
+    def step():
+        # Explicit tensor positions: a Python int would specialise the compiled graph on every step.
+        pos = torch.full((1, 1), state["pos"], dtype=torch.long, device=device)
+        kw = {cache_kwarg(model): cache}
+        out = compiled(input_ids=state["next"], position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+        state["next"] = out.logits[:, -1:].argmax(-1).clone()  # graph outputs are overwritten on replay
+        state["pos"] += 1
+
+    return cache, prefill, step
+
+
+def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
+    from hydra.utils import instantiate
+
+    torch.manual_seed(bench.seed)
+    device = resolve_device(bench.device)
+    lm = load_model(bench.model, device=str(device))
+    model, config = lm.model, lm.model.config
+    text = config.get_text_config(decoder=True)
+    method = instantiate(bench.optim.method)
+    ids = _random_ids(text.vocab_size, bench.batch_size, bench.seq_len, device, bench.seed)
+    total = bench.seq_len + sc.warmup + sc.repeats * sc.steps + 2 * sc.profile_steps + 8
+    copy_gbps = gt.copy_bandwidth_gbps(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if callable(getattr(method, "attach", None)):
+        method.attach(model)
+    kernel = getattr(method, "kernel", "torch")
+    with torch.inference_mode():
+        if sc.decode_mode == "compiled":
+            if bench.optim.name != "baseline":
+                raise NotMeasurable("decode_mode=compiled times transformers' StaticCache: baseline only")
+            cache, prefill, step = _compiled_driver(model, config, bench, total, device)
+        elif sc.decode_mode == "graph":
+            from optim.graph_decode import GraphDecoder, GraphUnsupported
+
+            cache = make_cache_fn(method, config)()
+            try:
+                driver = GraphDecoder(model, cache, max_tokens=total, prefill_chunk=sc.prefill_chunk)
+            except GraphUnsupported as exc:
+                raise NotMeasurable(f"{bench.optim.name} ({kernel}): {exc}; measure it with decode_mode=eager") from None
+            prefill, step = driver.prefill, driver.step
+        else:
+            cache = make_cache_fn(method, config)()
+            prefill, step = _eager_driver(model, cache, sc.prefill_chunk)
+        prefill_ms = gt.time_once(lambda: prefill(ids), device)
+        kv_read = _filled_kv_bytes(cache)
+        samples = []
+        for _ in range(sc.repeats):
+            samples += gt.time_calls(step, device, sc.steps, warmup=sc.warmup if not samples else 0)
+        busy = gt.device_busy(step, device, sc.profile_steps)
+        share = None
+        if kernel == "triton" and device.type == "cuda":  # quantize-on-write share of a fresh prefill
+            cache.reset()
+            share = gt.device_busy(lambda: prefill(ids), device, 1, sc.quantize_kernels).get("matched_share")
+    row = gt.step_stats(samples)
+    wbytes = gt.weight_bytes(model)
+    row.update(
+        device=device_name(device), decode_mode=sc.decode_mode, kernel=kernel, prefill_ms=prefill_ms,
+        kv_bytes=cache_nbytes(cache), kv_bytes_16bit=plain_kv_bytes(config, bench.seq_len, bench.batch_size),
+        bytes_per_step=wbytes + kv_read, copy_gbps=copy_gbps, quantize_share=share,
+        extra={"weight_bytes": wbytes, "kv_bytes_read": kv_read, "kernels_per_step": busy.get("kernels_per_call"),
+               "timed_steps": len(samples)},
+    )
+    row["gpu_busy_ms"] = busy.get("gpu_busy_ms")
+    row["achieved_gbps"] = row["bytes_per_step"] / (row["step_ms"] / 1e3) / 1e9
+    row["bw_fraction"] = row["achieved_gbps"] / copy_gbps if copy_gbps else None
+    if device.type == "cuda":
+        row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return row
+
+
+def _filled_kv_bytes(cache) -> int:
+    """KV bytes of the filled tokens: a preallocated store says (`filled_nbytes`); a growing cache
+    holds exactly its filled tokens."""
+    filled = getattr(cache, "filled_nbytes", None)
+    return int(filled()) if callable(filled) else cache_nbytes(cache)
