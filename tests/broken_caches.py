@@ -46,10 +46,27 @@ class CrashingKV(KVCacheMethod):
 
 @dataclass
 class KilledKV(KVCacheMethod):
-    """Kills its own process (as the kernel's OOM killer would): the runner must survive it."""
+    """Kills its own process with SIGKILL (as a user or a scheduler might): the runner must survive
+    it and record a failure, not an out-of-memory."""
 
     def make_cache(self, config):
         import os
         import signal
 
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class OomKilledKV(KVCacheMethod):
+    """Plays the kernel's OOM killer: bumps the cgroup's oom_kill counter (a file named by
+    $OLLM_BENCH_OOM_EVENTS in the test), then SIGKILLs its process: the row must say `oom`."""
+
+    def make_cache(self, config):
+        import os
+        import signal
+
+        path = os.environ["OLLM_BENCH_OOM_EVENTS"]
+        count = int(open(path).read().split()[-1])
+        with open(path, "w") as fh:
+            fh.write(f"oom 0\noom_kill {count + 1}\n")
         os.kill(os.getpid(), signal.SIGKILL)

@@ -18,28 +18,36 @@ def rows(results, suite="t"):
 def test_sweep_skip_and_report(cli, tmp_path):
     args = ["sweep", *TINY, "optim=baseline,kv_int8", "content=prose,code", f"results_dir={tmp_path}",
             "suite_name=t", "runner.isolation=inline"]
-    cli(*args, check=0)
+    first = cli(*args, check=0)
+    assert "| tiny_random | code | 96 | kv_int8 |" in first.stdout  # the sweep ends by printing its table
     df = rows(tmp_path)
     assert len(df) == 4 and set(df.status) == {"ok"} and df.config_hash.is_unique
+    assert (df.git_commit.str.len() >= 7).all() and df.command.str.contains("optim=baseline,kv_int8").all()
+    assert set(df.scenario) == {"quality"} and df.doc_hashes.map(len).eq(3).all()
     int8 = df[df.optim == "kv_int8"]
     assert (int8.kv_ratio < 0.6).all() and (df[df.optim == "baseline"].kv_ratio == 2.0).all()
     again = cli(*args, check=0)
-    assert again.stdout.count("skip (done)") == 4 and len(rows(tmp_path)) == 4
+    assert again.stdout.count("skip (done on this machine and code)") == 4 and len(rows(tmp_path)) == 4
     cli("report", "suite=t", f"results_dir={tmp_path}", check=0)
     report = (tmp_path / "t" / "report.md").read_text()
     assert "kv_int8" in report and "Δppl" in report
-    assert (tmp_path / "t" / "quality_vs_kv_bytes.png").stat().st_size > 1000
+    assert (tmp_path / "t" / "quality_vs_kv_bytes_96.png").stat().st_size > 1000
 
 
 def test_crash_and_kill_become_rows_and_sweep_goes_on(cli, tmp_path):
-    targets = "tests.broken_caches.CrashingKV,tests.broken_caches.KilledKV,optim.base.FullPrecisionKV"
+    events = tmp_path / "memory.events"
+    events.write_text("oom 0\noom_kill 0\n")
+    targets = ("tests.broken_caches.CrashingKV,tests.broken_caches.KilledKV,tests.broken_caches.OomKilledKV,"
+               "optim.base.FullPrecisionKV")
     proc = cli("sweep", *TINY, f"optim.method._target_={targets}", f"results_dir={tmp_path}", "suite_name=t",
-               check=1)
-    df = rows(tmp_path).set_index("status")
-    assert sorted(rows(tmp_path).status) == ["failed", "ok", "oom"]
-    assert "deliberate crash" in df.loc["failed", "error"]
-    assert "exit code -9" in df.loc["oom", "error"]
-    assert "2 run(s) did not succeed" in proc.stderr
+               env={"OLLM_BENCH_OOM_EVENTS": str(events)}, check=1)
+    df = rows(tmp_path)
+    assert sorted(df.status) == ["failed", "failed", "ok", "oom"]
+    errors = " | ".join(df.error.dropna())
+    assert "deliberate crash" in errors
+    assert "exit code -9 (killed by SIGKILL)" in errors  # a kill by hand is not called out of memory
+    assert "exit code -9 (killed by the kernel's OOM killer)" in df[df.status == "oom"].error.iloc[0]
+    assert "3 run(s) did not succeed" in proc.stderr
 
 
 def test_nan_metric_is_a_failed_row_not_a_number(cli, tmp_path):
