@@ -114,3 +114,13 @@ def test_kill_9_mid_sweep_resumes_without_loss_or_duplicates(tmp_path):
     df = rows(tmp_path)
     assert len(df) == 6 and df.config_hash.is_unique and set(df.status) == {"ok"}
     assert set(done_before.run_id) <= set(df.run_id)
+
+
+def test_a_cell_measured_for_another_suite_is_reused_not_remeasured(cli, tmp_path):
+    args = [*TINY, "optim=baseline", "content=prose", f"results_dir={tmp_path}", "runner.isolation=inline"]
+    cli("sweep", *args, "suite_name=a", check=0)
+    second = cli("sweep", *args, "suite_name=b", check=0)
+    assert "reused tiny_random/baseline/prose" in second.stdout
+    a, b = rows(tmp_path, "a"), rows(tmp_path, "b")
+    assert a.config_hash.tolist() == b.config_hash.tolist() and a.ppl.tolist() == b.ppl.tolist()
+    assert b.suite.tolist() == ["b"] and '"suite": "a"' in b.extra[0]

@@ -121,6 +121,11 @@ def _run_job(bench: BenchConfig, store: ResultStore) -> dict:
     if chash in store.done_hashes(bench.runner.rerun_failed):
         print(f"[ollm_bench] skip (done on this machine and code) {label}", flush=True)
         return {"status": "skipped", "config_hash": chash}
+    reused = _reuse_from_sibling_suites(store, chash, bench)
+    if reused is not None:
+        print(f"[ollm_bench] reused {label} from suite {reused['extra']['reused_from']['suite']} "
+              "(same config, machine and code)", flush=True)
+        return reused
     cfg_yaml = OmegaConf.to_yaml(OmegaConf.structured(bench))
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if bench.runner.isolation == "process":
@@ -170,6 +175,34 @@ def _run_job(bench: BenchConfig, store: ResultStore) -> dict:
         return {"status": "skipped", "config_hash": chash}
     print(f"[ollm_bench] {row['status']:6s} {label} {_summary(row)}", flush=True)
     return row
+
+
+def _reuse_from_sibling_suites(store: ResultStore, chash: str, bench: BenchConfig) -> dict | None:
+    """The same config measured on this machine with this code for another suite of the same
+    results folder (suites share cells: every suite has baseline rows) is the same measurement:
+    copy its row into this suite's store, saying where it came from, instead of measuring again."""
+    for other in sorted(store.path.parent.parent.glob("*/runs.csv")):
+        if other == store.path:
+            continue
+        try:
+            df = ResultStore(other).read()
+        except BenchError:
+            continue  # another suite's damaged store is that suite's problem
+        hits = df[(df.config_hash == chash) & (df.status == "ok")]
+        if hits.empty:
+            continue
+        src = hits.iloc[-1].to_dict()
+        row = {k: (None if _missing(v) else v) for k, v in src.items()}
+        extra = dict(row.get("extra") or {})
+        extra["reused_from"] = {"suite": src["suite"], "run_id": src["run_id"], "sweep_id": src["sweep_id"]}
+        row.update(run_id=uuid.uuid4().hex[:12], sweep_id=os.environ.get(SWEEP_ID_ENV, ""), suite=bench.suite_name,
+                   extra=extra)
+        return row if store.append_new(row, bench.runner.rerun_failed) else {"status": "skipped", "config_hash": chash}
+    return None
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _summary(row: dict) -> str:
