@@ -63,6 +63,27 @@ def tiny_gemma3_config(layers: int = 4, sliding_window: int = 16, vocab_size: in
     )
 
 
+TINY_CONFIGS = {"tiny": tiny_gemma3_config}  # model.source -> builder of its config (takes `layers`)
+
+
+def random_weights_config(model_cfg, layers: int | None = None):
+    """The transformers config of a model built from conf alone (`model.source` tiny or random),
+    with its first `layers` decoder layers only when given (a model part for speed runs)."""
+    from transformers import AutoConfig
+
+    arch = dict(model_cfg.arch or {})
+    if model_cfg.source in TINY_CONFIGS:
+        return TINY_CONFIGS[model_cfg.source](**(arch | ({"layers": layers} if layers else {})))
+    if model_cfg.source != "random":
+        raise ModelLoadError(f"model {model_cfg.name!r} (source {model_cfg.source!r}) is not built from conf: "
+                             "use a no-weights entry (source random) or a tiny one")
+    if "model_type" not in arch:
+        raise ModelLoadError(f"no-weights model {model_cfg.name!r} needs arch.model_type (e.g. llama)")
+    if layers:
+        arch["num_hidden_layers"] = layers
+    return AutoConfig.for_model(arch.pop("model_type"), **arch)
+
+
 def build_random_model(config, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.nn.Module:
     """Random weights from a config: tests (tiny) and no-weights speed/memory runs (real shapes),
     initialised on `device` (an 8B-shaped model takes seconds on a GPU, minutes on the host)."""
@@ -152,18 +173,12 @@ DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 
 def load_model(model_cfg, device: str = "cpu") -> LoadedModel:
     """Dispatch on `model.source`: gemma3_270m | tiny | random (no-weights `arch`) | hub id / dir."""
-    from transformers import AutoConfig
-
     dtype = DTYPE_BY_NAME[model_cfg.dtype]
-    if model_cfg.source == "tiny":
-        model = build_random_model(tiny_gemma3_config(**(model_cfg.arch or {})), dtype=dtype)
+    if model_cfg.source in TINY_CONFIGS or model_cfg.source == "random":
+        # Tiny test models are built on the host (the same weights on every device); real shapes on `device`.
+        on = "cpu" if model_cfg.source in TINY_CONFIGS else device
+        model = build_random_model(random_weights_config(model_cfg), dtype=dtype, device=on)
         loaded = LoadedModel(model, ByteTokenizer(), model_cfg.name)
-    elif model_cfg.source == "random":
-        arch = dict(model_cfg.arch or {})
-        if "model_type" not in arch:
-            raise ModelLoadError(f"no-weights model {model_cfg.name!r} needs arch.model_type (e.g. llama)")
-        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-        loaded = LoadedModel(build_random_model(config, dtype=dtype, device=device), ByteTokenizer(), model_cfg.name)
     else:
         loaded = load_pretrained(model_cfg.source, dtype=dtype)
     loaded.model.to(device)

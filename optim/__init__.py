@@ -25,6 +25,7 @@ from .kv_temporal import TemporalKV
 from .predictive_memory import PredictiveMemoryManager
 from .static_kv_arena import GraphedDecoder, StaticArenaKV, StaticKVArena
 from .tensor_pool import TensorPool
+from .torch_caching import TorchCachingAllocator
 
 __all__ = [
     "AdaptiveKV",
@@ -46,6 +47,7 @@ __all__ = [
     "StaticArenaKV",
     "StaticKVArena",
     "TensorPool",
+    "TorchCachingAllocator",
     "classify",
     "make_mechanism",
     "FullPrecisionKV",

@@ -135,23 +135,33 @@ def _gathered_sdpa(query, key, value, mask, pattern, scaling, dropout, chunk):
     return out
 
 
-def _flex(query, key, value, pattern, scaling, cache, key_ok=None):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def block_mask_for(pattern: Pattern, q_len: int, kv_len: int, num_heads: int, device, key_ok=None):
+    """flex attention's BlockMask of causal AND pattern (AND key padding) for `q_len` queries at the
+    end of `kv_len` cache slots. On CUDA it is built compiled (never materializing Lq x Lk); eager
+    elsewhere (tests)."""
+    from torch.nn.attention.flex_attention import create_block_mask
 
-    global _FLEX_COMPILED
-    q_len, kv_len, hq = query.shape[2], key.shape[2], query.shape[1]
     offset = kv_len - q_len
+    device = torch.device(device)
 
     def mask_mod(b, h, q_idx, kv_idx):
         q_pos = q_idx + offset
         keep = (kv_idx <= q_pos) & pattern(b, h, q_pos, kv_idx)
         return keep if key_ok is None else keep & key_ok[b, kv_idx]
 
+    batch = None if key_ok is None else key_ok.shape[0]
+    return create_block_mask(mask_mod, batch, num_heads, q_len, kv_len, device=device, _compile=device.type == "cuda")
+
+
+def _flex(query, key, value, pattern, scaling, cache, key_ok=None):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _FLEX_COMPILED
+    q_len, kv_len, hq = query.shape[2], key.shape[2], query.shape[1]
     ckey = (id(pattern), q_len, kv_len, hq, str(query.device))
     block_mask = None if cache is None else cache.get(ckey)
     if block_mask is None:
-        # On CUDA the mask is built compiled (never materializing Lq x Lk); eager elsewhere (tests).
-        block_mask = create_block_mask(mask_mod, None if key_ok is None else query.shape[0], hq, q_len, kv_len, device=query.device, _compile=query.is_cuda)
+        block_mask = block_mask_for(pattern, q_len, kv_len, hq, query.device, key_ok)
         if cache is not None:
             if len(cache) > 32:
                 cache.clear()
@@ -317,6 +327,7 @@ class AttentionMechanism:
 __all__ = [
     "AttentionMechanism",
     "Pattern",
+    "block_mask_for",
     "check_window",
     "explicit_mask",
     "pattern_attention",

@@ -22,15 +22,17 @@ from .tables import section  # noqa: E402
 DECODE_KEY = ["model", "device", "decode_mode", "seq_len", "batch_size"]
 
 
+def ratio_to(ok: pd.DataFrame, key: list[str], reference: str, column: str) -> list[float]:
+    """Per row: the reference method's `column` in the row's `key` cell / the row's own (NaN where
+    the cell has no reference row). Every column compared this way is lower-is-better."""
+    base = ok[ok.optim == reference].drop_duplicates(subset=key, keep="last").set_index(key)[column]
+    return [base.get(tuple(r[k] for k in key), float("nan")) / r[column] for _, r in ok.iterrows()]
+
+
 def decode_summary(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[(df.status == "ok") & df.step_ms.notna()].sort_values("started_at")
     ok = ok.drop_duplicates(subset=DECODE_KEY + ["optim", "kernel"], keep="last").copy()
-    base = ok[ok.optim == "baseline"].drop_duplicates(subset=DECODE_KEY, keep="last").set_index(DECODE_KEY)
-    ratios = []
-    for _, r in ok.iterrows():
-        key = tuple(r[k] for k in DECODE_KEY)
-        ratios.append(base.loc[key].step_ms / r.step_ms if key in base.index else float("nan"))
-    ok["speedup"] = ratios
+    ok["speedup"] = ratio_to(ok, DECODE_KEY, "baseline", "step_ms")
     return ok.sort_values(["model", "decode_mode", "seq_len", "batch_size", "optim"]).reset_index(drop=True)
 
 
@@ -96,23 +98,54 @@ def decode_section(df: pd.DataFrame, suite_dir: Path) -> list[str]:
     return lines
 
 
-def metric_table(df: pd.DataFrame) -> str:
+METRIC_KEY = ["model", "device", "metric", "seq_len", "batch_size"]
+REFERENCE = {"attention": "attn_full", "memory": "torch_caching"}  # scenario -> the method rows are compared with
+
+
+def metric_summary(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     ok = df[(df.status == "ok") & df.metric.notna()].sort_values("started_at")
-    ok = ok.drop_duplicates(subset=["model", "device", "optim", "seq_len", "batch_size", "metric"], keep="last")
-    lines = ["| optim | metric | context | batch | median [p10, p90] | unit | n | device |", "|---|---|---|---|---|---|---|---|"]
-    for _, r in ok.iterrows():
+    ok = ok.drop_duplicates(subset=METRIC_KEY + ["optim"], keep="last").copy()
+    ok["vs_reference"] = ratio_to(ok, METRIC_KEY, reference, "metric_value")
+    return ok.sort_values(["model", "device", "metric", "seq_len", "optim"]).reset_index(drop=True)
+
+
+def metric_table(df: pd.DataFrame, reference: str, notes: tuple[str, ...] = ()) -> str:
+    """One row per (optim, metric, context): median [p10, p90], × reference (reference / this: all
+    these metrics are lower-is-better, so > 1 beats it), and the `extra` entries named in `notes`."""
+    s = metric_summary(df, reference)
+    lines = [f"| optim | metric | context | batch | median [p10, p90] | unit | × {reference} | n | {' | '.join(notes)}"
+             f"{' | ' if notes else ''}device |", "|" + "---|" * (9 + len(notes))]
+    for _, r in s.iterrows():
+        extra = r.extra if isinstance(r.extra, dict) else {}
+        cells = "".join(f"{_note(extra.get(k))} | " for k in notes)
         lines.append(f"| {r.optim} | {r.metric} | {int(r.seq_len)} | {int(r.batch_size)} | {r.metric_value:.4g} "
                      f"[{_g(r.metric_p10, '.4g')}, {_g(r.metric_p90, '.4g')}] | {r.metric_unit} | "
-                     f"{_g(r.metric_n, '.0f')} | {r.device} |")
+                     f"{_g(r.vs_reference, '.2f')} | {_g(r.metric_n, '.0f')} | {cells}{r.device} |")
     return "\n".join(lines)
 
 
-def _metric_section(title: str):
+def _note(value) -> str:
+    return "" if value is None else format(value, ".3g") if isinstance(value, float) else str(value)
+
+
+def _metric_section(scenario: str, title: str, text: str, notes: tuple[str, ...]):
     def build(df: pd.DataFrame, suite_dir: Path) -> list[str]:
-        return [f"## {title}", "", metric_table(df), ""]
+        return [f"## {title}", "", text, "", metric_table(df, REFERENCE[scenario], notes), ""]
 
-    return build
+    section(scenario)(build)
 
 
-section("attention")(_metric_section("Attention kernels and prefill"))
-section("memory")(_metric_section("Allocator workloads"))
+_metric_section(
+    "attention", "Attention kernels and prefill",
+    "CUDA-event times, median [p10, p90] over n calls after a warm-up that includes compilation. kernel_prefill_ms: "
+    "one attention layer's causal prefill at the model's dims; kernel_decode_ms: 1 query vs `context` keys; "
+    "model_prefill_ms: the model's first layers (extra.layers_note), the method attached. × attn_full: the "
+    "flash-SDPA reference's time / this time, same metric and context. density: share of causal (query, key) pairs "
+    "a mechanism keeps.", ("backend", "density", "mask_build_ms"))
+_metric_section(
+    "memory", "Allocator workloads",
+    "fragmentation: 1 - live/reserved sampled after every step of a varied-length serving workload; alloc_us/<mix>: "
+    "host microseconds per get+put of one step's requests; alloc_time_per_step_us: host time inside allocator calls "
+    "per step of a synthetic decode loop (alloc_share: of the step's time). × torch_caching: PyTorch's caching "
+    "allocator (default setting) / this, same metric and context.",
+    ("pool_hit_rate", "alloc_share", "expandable_segments"))

@@ -81,4 +81,9 @@ def tables_for_devices(suite_dir: Path, devices: set[str]) -> str:
         from .speed import decode_summary, decode_table
 
         out += [decode_table(decode_summary(df))]
+    from .speed import REFERENCE, metric_table
+
+    for scenario, reference in REFERENCE.items():
+        if (df[df.status == "ok"].scenario == scenario).any():
+            out += [metric_table(df[df.scenario == scenario], reference)]
     return "\n".join(out) or "no ok rows from this machine"

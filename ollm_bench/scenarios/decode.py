@@ -48,6 +48,7 @@ class NotMeasurable(Exception):
 class DecodeScenario(Scenario):
     name: ClassVar[str] = "decode"
     needs_cuda: ClassVar[bool] = True
+    measures: ClassVar[str] = "decode speed"
     decode_mode: str = "graph"
     steps: int = 32  # timed steps per repeat
     repeats: int = 4
@@ -61,14 +62,6 @@ class DecodeScenario(Scenario):
         if self.decode_mode not in MODES:
             raise ConfigError(f"scenario.decode_mode={self.decode_mode!r} is not one of {MODES}")
         positive(self, "steps", "repeats", "prefill_chunk")
-
-    def check(self, bench: BenchConfig) -> None:
-        if self.allow_cpu:
-            return
-        super().check(bench)
-        if resolve_device(bench.device).type != "cuda":
-            raise ConfigError(f"suite {bench.suite_name!r} measures decode speed on a CUDA GPU and this machine has "
-                              "none (device resolves to cpu); run it on a GPU machine (README: GPU runs)")
 
     def run(self, bench: BenchConfig) -> dict:
         try:

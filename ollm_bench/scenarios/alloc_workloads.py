@@ -1,8 +1,9 @@
 """Allocation workloads for the memory claims (C1-C5): shape mixes, a varied-length serving
-workload, and a synthetic decode loop. Three allocators behind one interface so every workload
-runs unchanged on PyTorch's caching allocator, on `TensorPool`, and on `PredictiveMemoryManager`.
+workload, and a synthetic decode loop. Every allocator under test sits behind one interface
+(`get`, `put`, optional `step()`), so each workload runs unchanged on PyTorch's caching allocator
+(optim.torch_caching), on `TensorPool` and on `PredictiveMemoryManager`.
 
-Only torch and `optim` are imported: this runs on the bare GPU machine.
+Shapes come from a conf/model entry (`Dims.of`): Llama-3.1-8B's in the GPU suite.
 """
 
 from __future__ import annotations
@@ -14,32 +15,37 @@ from dataclasses import dataclass
 
 import torch
 
-from optim.predictive_memory import PredictiveMemoryManager
-from optim.tensor_pool import TensorPool
+from . import gpu_timing as gt
 
 BF16, F32 = torch.bfloat16, torch.float32
+HOST = torch.device("cpu")  # allocator calls are host work (they launch no kernels): timed on the host clock
 
 
 @dataclass(frozen=True)
 class Dims:
-    """Model dimensions the workloads take their shapes from (Llama-3.1-8B by default)."""
+    """Model dimensions the workloads take their shapes from, and how many layers a step spans."""
 
-    layers: int = 8
-    hidden: int = 4096
-    inter: int = 14336
-    heads: int = 32
-    kv_heads: int = 8
-    head_dim: int = 128
-    vocab: int = 128256
+    layers: int
+    hidden: int
+    inter: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
 
-
-TINY = Dims(layers=2, hidden=64, inter=128, heads=4, kv_heads=2, head_dim=16, vocab=256)
+    @classmethod
+    def of(cls, config, layers: int) -> "Dims":
+        text = config.get_text_config(decoder=True)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return cls(layers, text.hidden_size, text.intermediate_size, text.num_attention_heads,
+                   text.num_key_value_heads, head_dim, text.vocab_size)
 
 
 def shape_mixes(d: Dims, ctx: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
-    """Requests of one step, in order: what a decode/prefill step of one layer (plus logits) asks for."""
+    """Requests of one step, in order: what a decode/prefill step of one layer (plus logits) asks for;
+    `mixed` is all three in turn."""
     kv = (d.kv_heads, d.head_dim)
-    return {
+    mixes = {
         # paged-KV style: one 16-token K and V block per layer per 16 decoded tokens
         "kv_blocks": [((1, *kv[:1], 16, kv[1]), BF16)] * 2 * d.layers,
         "decode_step": [
@@ -52,27 +58,21 @@ def shape_mixes(d: Dims, ctx: int) -> dict[str, list[tuple[tuple[int, ...], torc
             ((1, 512, d.hidden), BF16), ((1, 512, d.inter), BF16), ((1, 512, d.inter), BF16),
         ],
     }
+    mixes["mixed"] = [r for mix in mixes.values() for r in mix]
+    return mixes
+
+
+MIXES = ("kv_blocks", "decode_step", "prefill_step", "mixed")
 
 
 class Allocator:
-    """get/put/step over one backend: 'torch' (torch.empty), 'pool' (TensorPool), 'predictive'."""
+    """One allocator method (from conf/optim) behind the workloads' interface, with its statistics."""
 
-    def __init__(self, kind: str, device: torch.device, max_bytes: int | None = None):
-        self.kind, self.device = kind, device
-        self.pool = TensorPool(device, max_bytes=max_bytes) if kind != "torch" else None
-        self.mgr = PredictiveMemoryManager(self.pool) if kind == "predictive" else None
-
-    def get(self, shape, dtype) -> torch.Tensor:
-        if self.mgr is not None:
-            return self.mgr.get(shape, dtype)
-        if self.pool is not None:
-            return self.pool.get(shape, dtype)
-        return torch.empty(shape, dtype=dtype, device=self.device)
-
-    def put(self, tensor: torch.Tensor) -> None:
-        if self.pool is not None:
-            self.pool.put(tensor)
-        # torch: dropping the last reference returns the block to the caching allocator
+    def __init__(self, method):
+        self.method = method
+        self.get, self.put = method.get, method.put  # bound once: no wrapper cost on the timed path
+        self.mgr = method if hasattr(method, "pool") else None  # PredictiveMemoryManager
+        self.pool = method.pool if self.mgr is not None else (method if hasattr(method, "largest_free_block") else None)
 
     def step(self):
         return self.mgr.step() if self.mgr is not None else nullcontext()
@@ -82,33 +82,28 @@ class Allocator:
         if self.pool is not None:
             s = self.pool.stats()
             out.update(pool_hit_rate=round(s.hit_rate, 4), pool_fragmentation=round(s.fragmentation, 4),
-                       pool_bytes_held=s.bytes_held)
+                       pool_bytes_held=s.bytes_held, pool_requests=s.requests, pool_evictions=s.evictions)
         if self.mgr is not None:
             s = self.mgr.stats()
-            out.update(prediction_hit_rate=round(s.hit_rate, 4), prediction_wasted=s.wasted)
+            out.update(prediction_hit_rate=round(s.hit_rate, 4), prediction_precision=round(s.precision, 4),
+                       prediction_wasted=s.wasted)
         return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def alloc_latency(kind: str, mix, device, samples: int, inner: int) -> tuple[list[float], dict]:
+def alloc_latency(alloc: Allocator, mix, device, samples: int, inner: int) -> list[float]:
     """Microseconds per get+put pair: each sample runs `inner` steps of the whole mix (get all,
-    then put all, as a step does), CUDA-synchronized at the sample's ends."""
-    alloc = Allocator(kind, device)
-    for _ in range(3):  # warm both the caching allocator and the pool
+    then put all, as a step does), after 3 warm-up steps that warm both the caching allocator and
+    the pool. The device is synchronised first so no queued work is counted."""
+    for _ in range(3):
         _one_step(alloc, mix)
-    out = []
-    for _ in range(samples):
-        _sync(device)
-        t0 = time.perf_counter()
+    gt.sync(device)
+
+    def sample():
         for _ in range(inner):
             _one_step(alloc, mix)
-        _sync(device)
-        out.append((time.perf_counter() - t0) / (inner * len(mix)) * 1e6)
-    return out, alloc.extra()
+
+    ms = gt.time_calls(sample, HOST, samples, warmup=0)
+    return [m * 1e3 / (inner * len(mix)) for m in ms]
 
 
 def _one_step(alloc: Allocator, mix) -> None:
@@ -130,7 +125,7 @@ def largest_free_torch_block(device: torch.device) -> int:
     return best
 
 
-def serving_workload(kind: str, device: torch.device, d: Dims, n_requests: int, concurrency: int,
+def serving_workload(alloc: Allocator, device: torch.device, d: Dims, n_requests: int, concurrency: int,
                      prompt_range: tuple[int, int], decode_range: tuple[int, int], seed: int = 0) -> dict:
     """Varied-length requests served `concurrency` at a time, round robin, one step each.
 
@@ -142,7 +137,6 @@ def serving_workload(kind: str, device: torch.device, d: Dims, n_requests: int, 
     `concurrency` requests still in flight, so the end state has live KV to fragment around.
     """
     rng = random.Random(seed)
-    alloc = Allocator(kind, device)
     kv_shape = lambda n: (1, d.kv_heads, n, d.head_dim)  # noqa: E731
     active, live_bytes, admitted, done = [], 0, 0, 0
     frag_live, frag_torch, peak_live, peak_reserved, allocs = [], [], 0, 0, 0
@@ -163,10 +157,11 @@ def serving_workload(kind: str, device: torch.device, d: Dims, n_requests: int, 
     while done < n_requests - concurrency:
         while len(active) < concurrency and admitted < n_requests:
             p, g = rng.randint(*prompt_range), rng.randint(*decode_range)
-            acts = [take((1, p, d.hidden), BF16), take((1, p, d.inter), BF16), take((1, p, d.inter), BF16)]
-            kv = [take(kv_shape(p), BF16) for _ in range(2 * d.layers)]
-            for t in acts:
-                drop(t)
+            with alloc.step():  # a prefill is a step too (the predictive manager serves requests only in one)
+                acts = [take((1, p, d.hidden), BF16), take((1, p, d.inter), BF16), take((1, p, d.inter), BF16)]
+                kv = [take(kv_shape(p), BF16) for _ in range(2 * d.layers)]
+                for t in acts:
+                    drop(t)
             active.append({"n": p, "left": g, "kv": kv})
             admitted += 1
         for req in list(active):
@@ -189,7 +184,7 @@ def serving_workload(kind: str, device: torch.device, d: Dims, n_requests: int, 
                 frag_torch.append(1 - torch.cuda.memory_allocated(device) / reserved)
     out = {"requests": n_requests, "allocations": allocs, "peak_live_bytes": peak_live, **alloc.extra()}
     if is_cuda:
-        _sync(device)
+        gt.sync(device)
         free_torch = largest_free_torch_block(device)
         free_pool = alloc.pool.largest_free_block() if alloc.pool is not None else 0
         out.update(
