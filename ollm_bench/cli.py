@@ -26,6 +26,10 @@ commands:
   tasks    suite=quality: offline lm-eval tasks (cloze, needle-in-a-haystack, rolling ppl)
            through each optimization's cache; results/quality/tasks.csv with the paired gate
            e.g.  python -m ollm_bench tasks optims=kv_int8,kv_mixed limit=20
+  calibrate choose a method's parameters on the calibration split (WikiText-2 valid.txt) from
+           the candidates in conf/calibrate/NAME.yaml; writes them into conf/optim/NAME.yaml and
+           the evidence into results/calibration/NAME.md
+           e.g.  python -m ollm_bench calibrate optim=kv_adaptive
   claims   compute a verdict for each claim of the report from stored rows; writes
            results/claims.md and the README's claims table
 """
@@ -206,7 +210,21 @@ def tasks(args: list[str]) -> None:
     print(f"[ollm_bench] wrote {out}")
 
 
-COMMANDS = {"sweep": sweep, "report": report, "gate": gate, "claims": claims, "tasks": tasks}
+def calibrate(args: list[str]) -> None:
+    from .errors import BenchError
+    from .evaluate.calibrate import calibrate as run_calibration
+
+    opts = _key_values(args, {"optim": "", "results_dir": "results", "write": "true", "spec": ""})
+    if not opts["optim"]:
+        _fail("calibrate needs optim=NAME (a spec in conf/calibrate/NAME.yaml)")
+    try:
+        print(run_calibration(opts["optim"], Path(opts["results_dir"]), write=opts["write"].lower() == "true",
+                              spec_path=Path(opts["spec"]) if opts["spec"] else None))
+    except BenchError as exc:
+        _fail(str(exc))
+
+
+COMMANDS = {"sweep": sweep, "report": report, "gate": gate, "claims": claims, "tasks": tasks, "calibrate": calibrate}
 
 
 def main(argv: list[str] | None = None) -> None:

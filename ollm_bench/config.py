@@ -52,6 +52,9 @@ class OptimConfig:
     kind: str = "kv_cache"
     peer: bool = False
     method: Any = None  # {_target_: optim.<module>.<Class>, ...params}
+    # Where parameters chosen from measured quality came from (a results/calibration/ file written
+    # by `python -m ollm_bench calibrate`); recorded in every row of the method.
+    calibration: Optional[str] = None
 
     def __post_init__(self):
         if self.kind not in OPTIM_KINDS:
@@ -66,10 +69,18 @@ class ContentConfig:
     source: str = ""
     license: str = ""
     path: Optional[str] = None  # a local copy of the corpus (wikitext), where one is needed
+    # `test`: evaluated documents; `valid`: the calibration split (WikiText-2 valid.txt), where
+    # anything chosen from measured quality is chosen, never on evaluated documents.
+    split: str = "test"
 
     def __post_init__(self):
         if self.name not in CONTENT_TYPES:
             raise ConfigError(f"content {self.name!r} is not one of {CONTENT_TYPES}")
+        if self.split not in ("test", "valid"):
+            raise ConfigError(f"content.split={self.split!r} is not 'test' or 'valid'")
+        if self.split == "valid" and self.name != "wikitext":
+            raise ConfigError(f"content {self.name!r} has no calibration split; calibrate on content=wikitext "
+                              "content.split=valid")
 
 
 @dataclass
@@ -162,7 +173,22 @@ def to_bench(cfg) -> BenchConfig:
     except Exception as exc:  # OmegaConf validation errors: wrong type, missing value
         raise ConfigError(f"invalid configuration: {str(exc).splitlines()[0]}") from exc
     build_scenario(bench).check(bench)
+    build_optim(bench)
     return bench
+
+
+def build_optim(bench: BenchConfig):
+    """The method, built once so its own validation (`__post_init__`) rejects bad parameters as bad
+    input, before any run."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(bench.optim.method)
+    except Exception as exc:
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise ConfigError(f"optim {bench.optim.name!r}: {type(cause).__name__}: {cause}") from None
 
 
 def build_scenario(bench: BenchConfig):

@@ -9,6 +9,7 @@ method lowers perplexity beyond noise (a bug until explained).
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -20,11 +21,33 @@ KEY = ["model", "device", "content", "seq_len", "seed", "batch_size"]
 BASELINE = "baseline"
 
 
+def method_params(row) -> dict:
+    return ((row.get("config_json") if isinstance(row, dict) else row.config_json) or {}).get("optim", {}).get("method", {})
+
+
+def _variant(config_json) -> str:
+    """One configuration of a method (ablations and calibration candidates share an optim name)."""
+    return json.dumps((config_json or {}).get("optim", {}).get("method", {}), sort_keys=True, default=str)
+
+
 def latest_ok(df: pd.DataFrame, scenario: str | None = "quality") -> pd.DataFrame:
     ok = df[df.status == "ok"]
     if scenario is not None:
         ok = ok[ok.scenario == scenario]
-    return ok.sort_values("started_at").drop_duplicates(subset=KEY + ["optim"], keep="last")
+    ok = ok.assign(variant=ok.config_json.map(_variant))
+    return ok.sort_values("started_at").drop_duplicates(subset=KEY + ["optim", "variant"], keep="last")
+
+
+def variant_labels(ok: pd.DataFrame) -> dict[str, str]:
+    """variant -> label: the optim name, plus the parameters that differ where one name has several."""
+    labels = {}
+    for optim, g in ok.groupby("optim"):
+        params = {v: json.loads(v) for v in g.variant.unique()}
+        differing = sorted({k for p in params.values() for k in p if len({json.dumps(q.get(k)) for q in params.values()}) > 1})
+        for v, p in params.items():
+            extra = ", ".join(f"{k}={json.dumps(p.get(k))}" for k in differing if k != "_target_")
+            labels[(optim, v)] = f"{optim}({extra})" if extra else optim
+    return labels
 
 
 def _is_peer(value) -> bool:
@@ -36,13 +59,14 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     ok = latest_ok(df)
     if ok.empty:
         raise StoreError("no ok quality rows to report")
-    base = ok[ok.optim == BASELINE].set_index(KEY)
+    labels = variant_labels(ok)
+    base = ok[ok.optim == BASELINE].drop_duplicates(subset=KEY, keep="last").set_index(KEY)
     out = []
     for _, r in ok.iterrows():
         key = tuple(r[k] for k in KEY)
         b = base.loc[key] if key in base.index else None
         row = {k: r[k] for k in KEY} | {
-            "optim": r.optim, "peer": _is_peer(r.peer), "n_docs": r.n_docs, "scored_tokens": r.scored_tokens,
+            "optim": r.optim, "label": labels[(r.optim, r.variant)], "params": method_params(r), "peer": _is_peer(r.peer), "n_docs": r.n_docs, "scored_tokens": r.scored_tokens,
             "ppl": r.ppl, "ppl_ci_low": r.ppl_ci_low, "ppl_ci_high": r.ppl_ci_high, "kv_ratio": r.kv_ratio,
             "kv_mib": r.kv_bytes / 2**20, "prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s,
             "decode_tok_s_spread": r.decode_tok_s_spread, "n_repeats": r.n_repeats, "calibration": r.calibration,
@@ -61,7 +85,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             elif r.doc_nll and b.doc_nll:
                 row["gate"] = "documents differ"
         out.append(row)
-    cols = ["model", "content", "seq_len", "optim"]
+    cols = ["model", "content", "seq_len", "optim", "label"]
     return pd.DataFrame(out).sort_values(cols).reset_index(drop=True)
 
 
@@ -90,7 +114,7 @@ def verdict_text(r) -> str:
 
 
 def name_text(r) -> str:
-    return f"{r.optim} (peer)" if r.get("peer") else str(r.optim)
+    return f"{r.label} (peer)" if r.get("peer") else str(r.label)
 
 
 def markdown_table(summary: pd.DataFrame) -> str:

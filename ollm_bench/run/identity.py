@@ -114,7 +114,7 @@ def run_identity(bench: BenchConfig) -> dict:
         "device_name": device_name(device),
         "libraries": {k: libs.get(k) for k in ("torch", "transformers", "triton")},
         "model_files": model_fingerprint(bench.model.source),
-        "documents": source_fingerprint(bench.content.name, bench.content.path),
+        "documents": source_fingerprint(bench.content.name, bench.content.path, bench.content.split),
         "method_code": method_code(bench),
     }
 

@@ -116,7 +116,7 @@ def measure_quality(sc: QualityScenario, bench: BenchConfig) -> dict:
 
     quality = bench.model.weights
     docs = load_documents(bench.content.name, lm.tokenizer, bench.seq_len, sc.n_docs, bench.seed,
-                          path=bench.content.path, vocab_size=getattr(config.get_text_config(decoder=True), "vocab_size", None))
+                          path=bench.content.path, split=bench.content.split, vocab_size=getattr(config.get_text_config(decoder=True), "vocab_size", None))
     ids_all = torch.tensor([d.ids for d in docs], dtype=torch.long, device=device)
     if callable(getattr(method, "attach", None)):
         # Methods that hook the model (attention mechanisms, kvpress presses) see the request as a
@@ -156,7 +156,7 @@ def measure_quality(sc: QualityScenario, bench: BenchConfig) -> dict:
         "decode_mode": "eager",
         "kernel": getattr(method, "kernel", "torch"),
         "method_stats": kv["stats"],
-        "calibration": getattr(method, "calibration", None),
+        "calibration": bench.optim.calibration,
     }
     row["prefill_tok_s"], row["prefill_tok_s_spread"] = median_spread(prefill_rates)
     row["decode_tok_s"], row["decode_tok_s_spread"] = median_spread(decode_rates)
