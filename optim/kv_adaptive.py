@@ -130,6 +130,10 @@ class AdaptiveKVLayer(DynamicLayer):
     def get_max_length(self) -> int:
         return -1 if self.sliding_window is None else self.sliding_window
 
+    def payload_bits(self) -> dict:
+        """The chosen format's code widths (`storage_report` reads them)."""
+        return self.inner.payload_bits()
+
     def reset(self) -> None:  # the choice is per sequence: a reset cache measures again
         self.inner, self.inner_state, self.choice, self.is_initialized = None, {}, None, False
         self.keys = self.values = None

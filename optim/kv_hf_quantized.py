@@ -6,7 +6,9 @@ quanto backend, int4 or int2, its defaults: axis 0 = groups of `q_group_size` al
 both keys and values, a `residual_length` window kept in the model dtype, the whole store
 re-quantized each time the window fills), sliding layers keep transformers' plain
 `DynamicSlidingWindowLayer` — exactly what `QuantizedCache` would do on a hybrid model if it allowed
-one. Quantization is after RoPE (transformers' cache hook sees rotated keys).
+one. On a full-attention model (SmolLM2) every layer is a `QuantoQuantizedLayer`, exactly the cache
+`QuantizedCache` builds there (tests/test_full_attention_layout.py checks equal logits), so one code
+path serves both layouts. Quantization is after RoPE (transformers' cache hook sees rotated keys).
 
 Backend: optimum-quanto 0.2.7 installs next to torch 2.13 (`pip install --no-deps
 optimum-quanto==0.2.7 ninja==1.13.0`) and runs on CPU. `backend="fp8"` uses transformers'

@@ -16,7 +16,7 @@ glue that kvpress 0.5.5 (written for transformers < 5.3) needs under transformer
   too early and a multi-token chunk after the prefill would see its own future (kvpress's pipeline
   avoids both by passing `position_ids` and decoding one token at a time);
 * as kvpress does for Gemma-3, only global layers are compressed; sliding-window layers keep their
-  own 512-token window.
+  own 512-token window. On a full-attention model (SmolLM2) that is every layer.
 
 The cache advertises `one_shot_prefill = True`: a harness that normally prefills in chunks must
 prefill this cache in one forward, or the press would never fire (or fire on the first chunk only).

@@ -313,5 +313,8 @@ class SpecKVLayer(BlockKVLayer):
         self.k_store = self.v_store = None
 
     def payload_bits(self) -> dict:
-        """Bits per element of the key and value codes (scales and zero-points not included)."""
+        """Bits per element of the key and value codes (scales and zero-points not included); a layer
+        that never compresses (`residual=None`) holds only its 16-bit window."""
+        if self.residual is None:
+            return {"key": 16, "value": 16}
         return {"key": spec_bits(self.key_spec), "value": spec_bits(self.value_spec)}

@@ -29,7 +29,7 @@ import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .base import KVCacheMethod, kv_geometry, layer_specs
+from .base import KVCacheMethod, kv_geometry, layer_specs, text_config
 
 
 class ArenaFullError(ValueError):
@@ -290,9 +290,11 @@ class GraphedDecoder:
 
 @dataclass
 class StaticArenaKV(KVCacheMethod):
-    """KV method entry: a `StaticKVArena` sized for `max_cache_len` tokens, allocated at prefill."""
+    """KV method entry: a `StaticKVArena` sized for `max_cache_len` tokens, allocated at prefill, or
+    for the model's context where that is shorter (SmolLM2's 8192: slots past it could never be used)."""
 
     max_cache_len: int = 4096
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
-        return StaticKVArena(config, self.max_cache_len)
+        context = getattr(text_config(config), "max_position_embeddings", None)
+        return StaticKVArena(config, min(self.max_cache_len, context or self.max_cache_len))

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from ollm_bench.models import build_random_model, tiny_gemma3_config
-from optim.attention_router import AttentionRouter, length_bucket, regret_over_runs
+from ollm_bench.models import build_random_model, tiny_gemma3_config, tiny_llama_config
+from optim.attention_router import AttentionRouter, length_bucket, model_key, regret_over_runs
 from optim.content_samples import essay_files, json_records, log_lines
 
 LOGS = log_lines(5, "app")
@@ -60,6 +60,23 @@ def test_windows_longer_than_the_request_are_infeasible():
     router = AttentionRouter()
     assert router.choose(LOGS, 300) == "attn_full"
     assert "infeasible: window 512 > 300 tokens" in router.explain()
+
+
+def test_what_is_learned_on_one_model_stays_with_that_model(tmp_path):
+    """A window on Gemma-3's 3 global layers of 18 costs far less quality than on all layers of a
+    full-attention model: a loss measured on one must not guard (or clear) the other."""
+    hybrid, full = tiny_gemma3_config(), tiny_llama_config()
+    gemma, llama = build_random_model(hybrid), build_random_model(full)
+    assert model_key(gemma) == "gemma3_text-4x64-1full" and model_key(llama) == "llama-3x64-3full"
+    router = AttentionRouter(history_path=str(tmp_path / "h.json"))
+    router.choose(LOGS, 32000, model=model_key(llama))
+    router.observe(cost=0.1, quality_loss=0.5)  # attn_sliding broke quality on the Llama layout
+    assert AttentionRouter(history_path=str(tmp_path / "h.json")).history[0]["model"] == "llama-3x64-3full"
+    assert router.choose(LOGS, 32000, model=model_key(llama)) != "attn_sliding"
+    assert router.choose(LOGS, 32000, model=model_key(gemma)) == "attn_sliding"  # untried there: explored
+    router.attach(llama, LOGS, seq_len=32000)
+    router.detach(llama)
+    assert router.last["context"]["model"] == "llama-3x64-3full" and router.last["choice"] != "attn_sliding"
 
 
 def test_untried_cheapest_first_then_guard_excludes_it(tmp_path):

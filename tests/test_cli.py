@@ -84,6 +84,14 @@ def test_bad_inputs_fail_clearly_and_keep_rows(cli, tmp_path):
     assert bad_report.returncode == 2 and "truncated" in bad_report.stderr
 
 
+def test_sequence_longer_than_the_models_context_is_one_clear_error(cli, tmp_path):
+    """Checked from the config alone (model.max_seq_len), before any model is loaded or row written."""
+    proc = cli("sweep", "model=smollm2_135m", "seq_len=16384", f"results_dir={tmp_path}")
+    assert proc.returncode == 2 and not any(tmp_path.iterdir())
+    assert proc.stderr.strip().splitlines() == [
+        "ollm_bench: error: seq_len=16384 exceeds the context of model 'smollm2_135m' (max_seq_len=8192)"]
+
+
 def test_help_cfg_and_unknown_command(cli):
     assert "sweep" in cli("--help", check=0).stdout
     assert "seq_len:" in cli("sweep", "--cfg", "job", check=0).stdout

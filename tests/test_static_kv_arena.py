@@ -3,9 +3,9 @@ one allocation, clear errors."""
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig
+from transformers import DynamicCache
 
-from ollm_bench.models import build_random_model, tiny_gemma3_config
+from ollm_bench.models import build_random_model, tiny_gemma3_config, tiny_llama_config
 from optim.base import cache_nbytes
 from optim.static_kv_arena import ArenaFullError, GraphedDecoder, StaticArenaKV, StaticKVArena, cache_kwarg
 
@@ -63,8 +63,7 @@ def test_arena_matches_dynamic_cache_past_the_sliding_window(gemma, attn, graphe
 
 
 def test_all_global_model_uses_one_mask_and_matches():
-    config = LlamaConfig(vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = tiny_llama_config(layers=2)
     model = build_random_model(config)
     prompt = torch.randint(3, 200, (1, 9), generator=torch.Generator().manual_seed(1))
     ref = greedy(model, DynamicCache(config=config), prompt, (9,), 12)
@@ -132,6 +131,8 @@ def test_kv_method_entry_and_reset(gemma):
     config, model = gemma
     cache = StaticArenaKV(max_cache_len=32).make_cache(config)
     assert isinstance(cache, StaticKVArena) and cache.max_cache_len == 32
+    # Never sized past the model's context (4096 here; SmolLM2's 8192 against the registered 32768).
+    assert StaticArenaKV(max_cache_len=32768).make_cache(tiny_llama_config()).max_cache_len == 4096
     prompt = torch.randint(3, config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
     kw = cache_kwarg(model)
     with torch.no_grad():

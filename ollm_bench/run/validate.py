@@ -72,9 +72,15 @@ def validate_sweep(args: list[str]) -> None:
                 params[key.lstrip("+~")] = value
             params = {k: _choices(parser, k, str(v)) for k, v in params.items()}
             first = [f"{k}={v[0]}" for k, v in params.items()]
-            seen = set()
+            # The first value of every key together: its errors come from no one swept value (e.g.
+            # seq_len against the model's context), and the messages name their own field.
+            try:
+                cfg_mod.to_bench(compose(config_name="config", overrides=first))
+            except HydraException as exc:
+                raise ConfigError(str(exc).splitlines()[0]) from None
+            seen = {tuple(first)}
             for key, values in params.items():
-                for value in values:
+                for value in values[1:]:
                     combo = [o for o in first if not o.startswith(f"{key}=")] + [f"{key}={value}"]
                     if tuple(combo) in seen:
                         continue

@@ -141,9 +141,9 @@ def build_cloze() -> list[dict]:
 def _gemma_tokenizer():
     from transformers import AutoTokenizer
 
-    from ..models import gemma3_270m_dir
+    from ..models import packaged_model_dir
 
-    return AutoTokenizer.from_pretrained(str(gemma3_270m_dir()))
+    return AutoTokenizer.from_pretrained(str(packaged_model_dir("gemma3_270m")))
 
 
 def _niah_prompt(haystack: str, needle: str, depth: float, question: str) -> str:
