@@ -1,5 +1,6 @@
 """End-to-end CLI on the tiny model: sweep, skip-if-done, report, failures and bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ def test_sweep_skip_and_report(cli, tmp_path):
     df = rows(tmp_path)
     assert len(df) == 4 and set(df.status) == {"ok"} and df.config_hash.is_unique
     assert (df.git_commit.str.len() >= 7).all() and df.command.str.contains("optim=baseline,kv_int8").all()
-    assert set(df.scenario) == {"quality"} and df.doc_hashes.map(len).eq(3).all()
+    assert set(df.scenario) == {"quality"} and df.doc_hashes.map(json.loads).map(len).eq(3).all()
     int8 = df[df.optim == "kv_int8"]
     assert (int8.kv_ratio < 0.6).all() and (df[df.optim == "baseline"].kv_ratio == 2.0).all()
     again = cli(*args, check=0)

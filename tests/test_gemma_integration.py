@@ -59,8 +59,8 @@ def test_int8_in_loop_small_loss_and_broken_cache_large_loss(gemma):
 
 
 def test_cli_run_on_real_model(cli, tmp_path):
-    args = [a for a in TINY if not a.startswith(("model", "seq_len", "quality.score_tokens"))]
-    cli("sweep", *args, "model=gemma3_270m", "seq_len=256", "quality.score_tokens=64", "optim=kv_int8",
+    args = [a for a in TINY if not a.startswith(("model", "seq_len", "scenario.score_tokens"))]
+    cli("sweep", *args, "model=gemma3_270m", "seq_len=256", "scenario.score_tokens=64", "optim=kv_int8",
         "content=structured", f"results_dir={tmp_path}", "suite_name=t", "runner.isolation=inline", check=0)
     import pandas as pd
 

@@ -50,10 +50,10 @@ def results(tmp_path_factory):
 
 def test_notebook_shows_tables_and_plots(results, monkeypatch):
     text = execute(results, monkeypatch)
-    assert "kv_int8" in text and "| content | len | optim |" in text  # the summary table
-    assert text.count("<png>") == 2  # quality vs KV bytes, speed vs length for the one summarizable suite
-    assert "suite empty: nothing to summarize: no ok rows" in text
-    assert "suite nobase: nothing to summarize: no baseline rows" in text
+    assert "kv_int8" in text and "| model | content | len | optim |" in text  # the summary table
+    assert "paired t-interval" in text  # each table names its interval method
+    assert text.count("<png>") == 1  # quality vs KV bytes for the one suite with a baseline to compare with
+    assert "### suite `nobase`" in text and "### suite `empty`" not in text  # no ok rows: nothing to show
 
 
 def test_notebook_with_no_results(tmp_path, monkeypatch):
