@@ -1,10 +1,10 @@
-"""Regenerate the result tables inside README's "Latest results" block from the stored results.
+"""Regenerate the result tables inside README's "Latest results" block from the stored rows.
 
     python -m ollm_bench.report.readme_tables [--results results] [--readme README.md]
 
 Each table sits between `<!-- NAME:start -->` and `<!-- NAME:end -->`; the prose around them
-(commands, devices, caveats) is written by hand. Tables: `kv-table` (suite=kv, 2048 and 8192
-tokens), `kv-gpu-table`, `attn-gpu-table` (kernels), `attn-table` (suite=attention quality).
+(commands, devices, caveats) is written by hand. Quality tables put the models side by side (one
+column group per model); speed tables keep each machine and decode mode apart.
 """
 
 from __future__ import annotations
@@ -14,77 +14,105 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..cli import replace_readme_block
+from ..errors import StoreError
+from ..run.store import ResultStore
+from .quality import delta_text, name_text, summarize, verdict_text
+from .speed import decode_summary
 
 
-def _pct(point: float, low: float, high: float) -> str:
-    return f"{100 * point:+.2f}% [{100 * low:+.2f}, {100 * high:+.2f}]"
+def _rows(results: Path, suite: str) -> pd.DataFrame | None:
+    path = results / suite / "runs.csv"
+    if not path.exists():
+        return None
+    df = ResultStore(path).read()
+    return df if (df.status == "ok").any() else None
 
 
-def _name(row) -> str:
-    return f"{row.optim} (peer)" if str(row.peer).lower() in ("true", "1") else row.optim
-
-
-def kv_table(results: Path) -> str:
-    s = pd.read_csv(results / "kv" / "summary.csv")
-    s = s[(s.optim != "baseline") & s.seq_len.isin([2048, 8192])].sort_values(["optim", "seq_len", "content"])
-    lines = ["| optim | content | len | Δppl [95% CI] | gate | KV / 16-bit |", "|---|---|---|---|---|---|"]
-    lines += [f"| {_name(r)} | {r.content} | {r.seq_len} | {_pct(r.ppl_delta, r.ppl_delta_low, r.ppl_delta_high)} "
-              f"| {r.gate} | {r.kv_ratio:.3f} |" for r in s.itertuples()]
+def side_by_side(results: Path, suite: str, lengths=None) -> str:
+    """One row per (method, content, length); per model: Δppl [95% CI], gate, KV / 16-bit, n."""
+    df = _rows(results, suite)
+    if df is None:
+        return f"No rows in results/{suite} yet."
+    try:
+        s = summarize(df)
+    except StoreError as exc:
+        return f"No quality rows in results/{suite}: {exc}"
+    s = s[s.optim != "baseline"]
+    if lengths:
+        s = s[s.seq_len.isin(lengths)]
+    models = sorted(s.model.unique())
+    head = "| method | content | len | " + " | ".join(f"{m}: Δppl [95% CI] | gate | KV/16-bit | n" for m in models) + " |"
+    lines = [head, "|" + "---|" * (3 + 4 * len(models))]
+    for (label, content, seq_len), g in s.groupby(["label", "content", "seq_len"], sort=True):
+        cells = []
+        for m in models:
+            r = g[g.model == m]
+            if r.empty:
+                cells += ["", "", "", ""]
+                continue
+            r = r.iloc[-1]
+            cells += [delta_text(r), verdict_text(r), f"{r.kv_ratio:.3f}", str(int(r.n_docs))]
+        lines.append(f"| {name_text(g.iloc[0])} | {content} | {int(seq_len)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def kv_gpu_table(results: Path) -> str:
-    d = pd.read_csv(results / "kv_gpu" / "kv_gpu.csv")
-    d = d[d.status == "ok"]
-    base = d[d.method == "baseline"].set_index(["context", "batch"]).decode_tok_s
-    cells = [(c, b) for c in sorted(d.context.unique()) for b in sorted(d.batch.unique())]
-    head = " | ".join(f"{c // 1024}k b{b}" for c, b in cells)
-    last = cells[-1]  # the longest context at the largest batch: where KV bytes matter most
-    lines = [f"| method | {head} | KV / 16-bit at {last[0] // 1024}k b{last[1]} |", "|" + "---|" * (len(cells) + 2)]
-    for method, g in d.groupby("method"):
-        g = g.set_index(["context", "batch"])
-        ratios = " | ".join(f"{g.decode_tok_s[c] / base[c]:.2f}x" if c in g.index else "" for c in cells)
-        kv = f"{g.kv_ratio[last]:.3f}" if last in g.index else ""
-        lines.append(f"| {method} | {ratios} | {kv} |")
+    df = _rows(results, "kv_gpu")
+    if df is None:
+        return "No rows in results/kv_gpu yet."
+    s = decode_summary(df)
+    lines = ["| device | mode | method | kernel | context | batch | step ms [p10, p90] | bw fraction | × baseline | "
+             "KV / 16-bit |", "|" + "---|" * 10]
+    for _, r in s.iterrows():
+        kv = r.kv_bytes / r.kv_bytes_16bit if r.kv_bytes_16bit else float("nan")
+        lines.append(f"| {r.device} | {r.decode_mode} | {r.optim} | {r.kernel} | {int(r.seq_len)} | {int(r.batch_size)} | "
+                     f"{r.step_ms:.2f} [{r.step_ms_p10:.2f}, {r.step_ms_p90:.2f}] | {r.bw_fraction:.2f} | "
+                     f"{r.speedup:.2f} | {kv:.3f} |")
     return "\n".join(lines)
 
 
-def attn_gpu_table(results: Path) -> str:
-    d = pd.read_csv(results / "attention_gpu" / "attention_gpu.csv")
-    k = d[(d.part == "kernel") & (d.phase == "prefill") & (d.status == "ok")]
-    lens = sorted(k.seq_len.unique())
-    head = " | ".join(f"{n // 1024}k ms" for n in lens)
-    lines = [f"| mechanism | {head} | speedup vs flash SDPA at 32k |", "|" + "---|" * (len(lens) + 2)]
-    for mech, g in k.groupby("mechanism"):
+def metric_table(results: Path, suite: str, metric: str, reference: str) -> str:
+    df = _rows(results, suite)
+    if df is None:
+        return f"No rows in results/{suite} yet."
+    ok = df[(df.status == "ok") & (df.metric == metric)].sort_values("started_at")
+    ok = ok.drop_duplicates(subset=["device", "optim", "seq_len"], keep="last")
+    if ok.empty:
+        return f"No `{metric}` rows in results/{suite} yet."
+    lens = sorted(ok.seq_len.unique())
+    lines = [f"| device | method | " + " | ".join(f"{n // 1024}k ms" for n in lens) + f" | × {reference} at "
+             f"{lens[-1] // 1024}k |", "|" + "---|" * (len(lens) + 3)]
+    for (device, optim), g in ok.groupby(["device", "optim"]):
         g = g.set_index("seq_len")
-        ms = " | ".join(f"{g.median_ms[n]:.2f}" if n in g.index else "" for n in lens)
-        speed = f"{g.speedup_vs_sdpa[32768]:.2f}x" if 32768 in g.index else ""
-        lines.append(f"| {mech} | {ms} | {speed} |")
+        ref = ok[(ok.device == device) & (ok.optim == reference)].set_index("seq_len")
+        cells = [f"{g.metric_value[n]:.3f}" if n in g.index else "" for n in lens]
+        last = lens[-1]
+        ratio = f"{ref.metric_value[last] / g.metric_value[last]:.2f}" if last in g.index and last in ref.index else ""
+        lines.append(f"| {device} | {optim} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 
-def attn_table(results: Path) -> str:
-    s = pd.read_csv(results / "attention" / "summary.csv")
-    s = s[s.optim != "baseline"].sort_values(["optim", "content"])
-    lines = ["| optim | content | Δppl [95% CI] | gate | KV / 16-bit |", "|---|---|---|---|---|"]
-    lines += [f"| {_name(r)} | {r.content} | {_pct(r.ppl_delta, r.ppl_delta_low, r.ppl_delta_high)} | {r.gate} "
-              f"| {r.kv_ratio:.3f} |" for r in s.itertuples()]
-    return "\n".join(lines)
-
-
-TABLES = {"kv-table": kv_table, "kv-gpu-table": kv_gpu_table, "attn-gpu-table": attn_gpu_table,
-          "attn-table": attn_table}
+def tables(results: Path) -> dict[str, str]:
+    return {
+        "kv-table": side_by_side(results, "kv", [2048, 8192, 16384]),
+        "attn-table": side_by_side(results, "attention"),
+        "default-table": side_by_side(results, "default"),
+        "kv-gpu-table": kv_gpu_table(results),
+        "attn-gpu-table": metric_table(results, "attention_gpu", "kernel_prefill_ms", "attn_full"),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..cli import replace_readme_block
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default="results", type=Path)
     ap.add_argument("--readme", default="README.md", type=Path)
     args = ap.parse_args(argv)
-    for name, build in TABLES.items():
-        replace_readme_block(args.readme, name, build(args.results))
-    print(f"[ollm_bench] README tables regenerated: {', '.join(TABLES)}")
+    built = tables(args.results)
+    for name, body in built.items():
+        replace_readme_block(args.readme, name, body)
+    print(f"[ollm_bench] README tables regenerated: {', '.join(built)}")
 
 
 if __name__ == "__main__":
