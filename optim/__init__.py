@@ -15,6 +15,7 @@ from .attn_sparse import BlockSparseAttention
 from .base import FullPrecisionKV, KVCacheMethod, cache_nbytes, layer_specs, plain_kv_bytes, storage_report
 from .content_classifier import classify
 from .kv_adaptive import AdaptiveKV
+from .kv_format import FormatKV
 from .kv_hf_quantized import HFQuantizedKV
 from .kv_int8 import Int8KV, Int8KVLayer
 from .kv_kivi import KiviKV
@@ -50,6 +51,7 @@ __all__ = [
     "TorchCachingAllocator",
     "classify",
     "make_mechanism",
+    "FormatKV",
     "FullPrecisionKV",
     "Int8KV",
     "Int8KVLayer",

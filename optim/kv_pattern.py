@@ -44,7 +44,7 @@ def _row_hash(rows: torch.Tensor) -> torch.Tensor:
 
 
 class PatternAwareKVLayer(MixedPrecisionKVLayer):
-    _batched = ("res_k", "res_v", "k_store", "v_index")
+    _batched = ("res_k", "res_v", "sink_k", "sink_v", "k_store", "v_index")
 
     def __init__(self, group_size=64, residual=0, tolerance=0.0, sliding_window=None):
         super().__init__(group_size, residual, sliding_window)

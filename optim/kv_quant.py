@@ -187,6 +187,10 @@ class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
     blocks of `block` tokens move into the compressed store (subclass hooks `_absorb`, `_decode_store`,
     `_drop_front`, `_store_len`). `residual=None` never compresses (a plain 16-bit cache).
 
+    `sinks`: the first tokens of the sequence stay in 16 bits for good on a global layer (attention
+    sinks, StreamingLLM: most heads park attention there, so their error weighs on every query). A
+    sliding layer's window moves past them, so it keeps none.
+
     The window is kept in 16 bits (the model dtype if that is fp16/bf16, else fp16), because byte ratios
     are taken against a 16-bit cache: an fp32 window would be charged twice for no accuracy a 16-bit
     baseline has. Sliding layers keep `sliding_window - 1` tokens as transformers does; the store drops
@@ -194,18 +198,22 @@ class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
     """
 
     is_croppable = False
-    _batched: tuple[str, ...] = ("res_k", "res_v")  # attributes whose tensors have batch as dim 0
+    _batched: tuple[str, ...] = ("res_k", "res_v", "sink_k", "sink_v")  # tensors with batch as dim 0
 
-    def __init__(self, *, residual: int | None, block: int, sliding_window: int | None = None, name: str = "kv"):
+    def __init__(self, *, residual: int | None, block: int, sliding_window: int | None = None, name: str = "kv",
+                 sinks: int = 0):
         super().__init__()
         check_window(residual, sliding_window, name)
         if block <= 0:
             raise ValueError(f"{name}: block/group size must be positive, got {block}")
+        if sinks < 0:
+            raise ValueError(f"{name}: sinks must be >= 0, got {sinks}")
         self.residual, self.block, self.name = residual, int(block), name
         self.sliding_window = sliding_window
         self.is_sliding = sliding_window is not None
+        self.sinks = 0 if self.is_sliding else int(sinks)
         self.cumulative_length = 0
-        self.res_k = self.res_v = None
+        self.res_k = self.res_v = self.sink_k = self.sink_v = None
 
     # hooks -----------------------------------------------------------------------------------
     def _absorb(self, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -234,6 +242,7 @@ class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
         b, h, _, d = key_states.shape
         self.res_k = torch.empty(b, h, 0, d, dtype=store, device=self.device)
         self.res_v = torch.empty(b, h, 0, value_states.shape[-1], dtype=store, device=self.device)
+        self.sink_k, self.sink_v = self.res_k[:, :, :0].clone(), self.res_v[:, :, :0].clone()
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -243,6 +252,11 @@ class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
         q = key_states.shape[-2]
         old = self.cumulative_length if self.sliding_window is None else min(self.cumulative_length, self.sliding_window - 1)
         self.cumulative_length += q
+        take = min(self.sinks - self.sink_k.shape[-2], q)
+        if take > 0:  # the sequence's first tokens: sinks, kept in 16 bits and never compressed
+            self.sink_k = torch.cat([self.sink_k, key_states[:, :, :take].to(self.sink_k.dtype)], dim=-2)
+            self.sink_v = torch.cat([self.sink_v, value_states[:, :, :take].to(self.sink_v.dtype)], dim=-2)
+            key_states, value_states = key_states[:, :, take:], value_states[:, :, take:]
         res_k = torch.cat([self.res_k, key_states.to(self.res_k.dtype)], dim=-2)
         res_v = torch.cat([self.res_v, value_states.to(self.res_v.dtype)], dim=-2)
         flush = 0 if self.residual is None else max(res_k.shape[-2] - self.residual, 0) // self.block * self.block
@@ -254,6 +268,9 @@ class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
         keys, values = res_k.to(key_states.dtype), res_v.to(value_states.dtype)
         if stored is not None:
             keys, values = torch.cat([stored[0], keys], dim=-2), torch.cat([stored[1], values], dim=-2)
+        if self.sinks:
+            keys = torch.cat([self.sink_k.to(keys.dtype), keys], dim=-2)
+            values = torch.cat([self.sink_v.to(values.dtype), values], dim=-2)
         keys, values = keys[:, :, keys.shape[-2] - (old + q) :], values[:, :, values.shape[-2] - (old + q) :]
         if self.sliding_window is not None:
             self._evict()
@@ -269,10 +286,10 @@ class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
             self.res_k, self.res_v = self.res_k[:, :, -keep:].contiguous(), self.res_v[:, :, -keep:].contiguous()
 
     def stored_tokens(self) -> int:
-        return self._store_len() + (0 if self.res_k is None else self.res_k.shape[-2])
+        return self._store_len() + (0 if self.res_k is None else self.res_k.shape[-2] + self.sink_k.shape[-2])
 
     def reset(self) -> None:
-        self.res_k = self.res_v = self.keys = self.values = None
+        self.res_k = self.res_v = self.sink_k = self.sink_v = self.keys = self.values = None
         self._reset_store()
         self.cumulative_length = 0
         self.is_initialized = False
@@ -281,11 +298,12 @@ class BlockKVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
 class SpecKVLayer(BlockKVLayer):
     """One compressed store: keys in `key_spec`, values in `value_spec` (KIVI, mixed int4/fp8, ...)."""
 
-    _batched = ("res_k", "res_v", "k_store", "v_store")
+    _batched = ("res_k", "res_v", "sink_k", "sink_v", "k_store", "v_store")
 
-    def __init__(self, key_spec: tuple, value_spec: tuple, *, residual: int | None, sliding_window=None, name="kv"):
+    def __init__(self, key_spec: tuple, value_spec: tuple, *, residual: int | None, sliding_window=None, name="kv",
+                 sinks: int = 0):
         block = tokens_per_row(key_spec) if key_spec[0] == "channel" else 1
-        super().__init__(residual=residual, block=block, sliding_window=sliding_window, name=name)
+        super().__init__(residual=residual, block=block, sliding_window=sliding_window, name=name, sinks=sinks)
         self.key_spec, self.value_spec = tuple(key_spec), tuple(value_spec)
         self.k_store = self.v_store = None
 

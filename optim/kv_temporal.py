@@ -51,7 +51,7 @@ def normalize_schedule(schedule) -> tuple[tuple[int, int | None], ...]:
 
 
 class TemporalKVLayer(BlockKVLayer):
-    _batched = ("res_k", "res_v", "tiers")
+    _batched = ("res_k", "res_v", "sink_k", "sink_v", "tiers")
 
     def __init__(self, schedule=DEFAULT_SCHEDULE, block=64, value_group=64, residual=64, sliding_window=None):
         super().__init__(residual=residual, block=block, sliding_window=sliding_window, name="kv_temporal")
