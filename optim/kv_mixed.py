@@ -33,9 +33,10 @@ from .kv_quant import SpecKVLayer, build_checked
 class MixedPrecisionKVLayer(SpecKVLayer):
     """int4 per-channel keys + fp8 per-token values behind a 16-bit window; global or sliding."""
 
-    def __init__(self, group_size: int = 64, residual: int = 0, sliding_window: int | None = None):
+    def __init__(self, group_size: int = 64, residual: int = 0, sliding_window: int | None = None, sinks: int = 0):
         super().__init__(
-            ("channel", 4, group_size), ("fp8",), residual=residual, sliding_window=sliding_window, name="kv_mixed"
+            ("channel", 4, group_size), ("fp8",), residual=residual, sliding_window=sliding_window, name="kv_mixed",
+            sinks=sinks
         )
 
 
@@ -46,7 +47,8 @@ class MixedPrecisionKV(KVCacheMethod):
 
     group_size: int = 64
     residual: int = 0
+    sinks: int = 0  # first tokens kept in 16 bits on global layers (ablations: python -m ollm_bench sweep ... optim.method.sinks=4)
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
         return build_checked(config, "kv_mixed", self.residual, [("channel", 4, self.group_size)],
-                             lambda w: MixedPrecisionKVLayer(self.group_size, self.residual, sliding_window=w))
+                             lambda w: MixedPrecisionKVLayer(self.group_size, self.residual, sliding_window=w, sinks=self.sinks))

@@ -53,8 +53,8 @@ def normalize_schedule(schedule) -> tuple[tuple[int, int | None], ...]:
 class TemporalKVLayer(BlockKVLayer):
     _batched = ("res_k", "res_v", "sink_k", "sink_v", "tiers")
 
-    def __init__(self, schedule=DEFAULT_SCHEDULE, block=64, value_group=64, residual=64, sliding_window=None):
-        super().__init__(residual=residual, block=block, sliding_window=sliding_window, name="kv_temporal")
+    def __init__(self, schedule=DEFAULT_SCHEDULE, block=64, value_group=64, residual=64, sliding_window=None, sinks=0):
+        super().__init__(residual=residual, block=block, sliding_window=sliding_window, name="kv_temporal", sinks=sinks)
         self.schedule = normalize_schedule(schedule)
         self.specs = [(("channel", b, block), ("token", b, value_group)) for b, _ in self.schedule]
         self.tiers: list[dict | None] = [None] * len(self.schedule)
@@ -123,7 +123,7 @@ class TemporalKVLayer(BlockKVLayer):
         rows, age = [], 0
         groups = [("fp16", 16, {"k": self.res_k, "v": self.res_v})] + [
             (f"tier{i}", bits, t) for i, ((bits, _), t) in enumerate(zip(self.schedule, self.tiers)) if t is not None
-        ]
+        ] + [("sinks", 16, {"k": self.sink_k, "v": self.sink_v})]  # the oldest tokens, kept exact
         for name, bits, store in groups:
             n = store["k"].shape[2] if isinstance(store["k"], torch.Tensor) else store["k"]["codes"].shape[2]
             if n == 0:
@@ -143,6 +143,7 @@ class TemporalKV(KVCacheMethod):
     block: int = 64
     value_group: int = 64
     residual: int = 64
+    sinks: int = 0  # first tokens kept in 16 bits on global layers (attention sinks)
 
     def __post_init__(self):
         self.schedule = normalize_schedule(self.schedule)
@@ -150,7 +151,8 @@ class TemporalKV(KVCacheMethod):
     def make_cache(self, config: PretrainedConfig) -> Cache:
         specs = [spec for bits, _ in self.schedule for spec in (("channel", bits, self.block), ("token", bits, self.value_group))]
         args = (self.schedule, self.block, self.value_group, self.residual)
-        return build_checked(config, "kv_temporal", self.residual, specs, lambda w: TemporalKVLayer(*args, sliding_window=w))
+        return build_checked(config, "kv_temporal", self.residual, specs,
+                             lambda w: TemporalKVLayer(*args, sliding_window=w, sinks=self.sinks))
 
     @staticmethod
     def bits_by_age(cache: Cache) -> list[dict]:
