@@ -18,11 +18,12 @@ bound contextual bandit over cost with a hard quality guard:
    not favour one mechanism by the order it is tried in);
 4. exploitation: otherwise the lowest `mean_cost - exploration * scale * sqrt(ln N / n)`.
 Ties are broken by candidate index, or, with `seed` set, by a seeded random ranking of the
-candidates (otherwise, with the default order, the last candidate, attn_full, is always tried last).
+candidates. (In the default order attn_full, the densest, is always explored last.)
 Full attention is always allowed, so there is always a choice. History persists to JSON.
 
-C16 ("gets better over time") is measured by `regret_over_runs`: the router's cost on successive
-runs of a fixed workload against the best single mechanism in hindsight that meets the budget.
+C16 ("gets better over time") is measured by `ollm_bench/evaluate/router_eval.py`: seeded random
+exploration, and the best fixed mechanism timed on separate runs. `regret_over_runs` is a quick
+in-process regret curve on one workload (its hindsight table reuses the router's measurements).
 """
 
 from __future__ import annotations
