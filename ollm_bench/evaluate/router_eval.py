@@ -8,17 +8,20 @@ One workload (one document per content type at --seq-len), the same requests eve
   times (in a shuffled order per repeat); the best fixed choice in hindsight is picked from these
   runs only, never from the router's own measurements;
 - the arms alternate (router seed i, then fixed repeat i, ...), so machine drift hits both;
-- cost of a pass: wall seconds of prefill + scoring; quality loss: exp((NLL - NLL_full) / tokens) - 1
-  on the same tokens, NLL_full from one full-attention pass per request (CPU passes are
-  deterministic, so quality is measured once; cost is measured on every pass).
+- cost of a pass: seconds of prefill + scoring on `--clock`: `process` (CPU seconds of this process,
+  default: on a shared machine other jobs inflate wall time far more than CPU time) or `wall`;
+  quality loss: exp((NLL - NLL_full) / tokens) - 1 on the same tokens, NLL_full from one
+  full-attention pass per request (CPU passes are deterministic, so quality is measured once; cost
+  is measured on every pass).
 
 Output, a JSON file (the verdict is computed from it by `ollm_bench.report.claims.router`):
-  command, device, model, seq_len, score_tokens, quality_budget, candidates, contents;
+  command, device, model, seq_len, score_tokens, clock, quality_budget, candidates, contents;
   router: [{seed, run, cost_s: [per request], loss: [per request], picks: [per request]}, ...];
   fixed: [{mechanism, repeat, cost_s: [per request], loss: [per request]}, ...].
 
-    python -m ollm_bench.evaluate.router_eval [--model gemma3_270m|tiny] [--seq-len 1024] [--seeds 4] [--runs 8]
-        [--fixed-repeats 4] [--out results/attention/router_learning.json]
+    python -m ollm_bench.evaluate.router_eval [--model gemma3_270m|tiny] [--contents code,prose,...]
+        [--seq-len 1024] [--seeds 3] [--runs 7] [--fixed-repeats 2] [--clock process|wall]
+        [--out results/attention/router_learning.json]
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def learning_experiment(workload: list[dict], measure: Measure, seeds: list[int]
             "fixed": sorted(fixed_rows, key=lambda r: (r["mechanism"], r["repeat"]))}
 
 
-def model_measure(lm: LoadedModel, workload: list[dict], score_tokens: int) -> Measure:
+def model_measure(lm: LoadedModel, workload: list[dict], score_tokens: int, clock=time.process_time) -> Measure:
     """Measure a mechanism on a request with `lm`: timed pass, quality loss vs full attention."""
     model, mechanisms, full_nll = lm.model, AttentionRouter().mechanisms, {}
     make_cache = lambda: FullPrecisionKV().make_cache(model.config)  # noqa: E731
@@ -93,9 +96,9 @@ def model_measure(lm: LoadedModel, workload: list[dict], score_tokens: int) -> M
         mech = mechanisms[name]
         mech.attach(model, seq_len=req["seq_len"])
         try:
-            t0 = time.perf_counter()
+            t0 = clock()
             res = run_pass(model, make_cache, req["ids"], score_tokens, 512, 64, 0)
-            return time.perf_counter() - t0, res.nll[0]
+            return clock() - t0, res.nll[0]
         finally:
             mech.detach(model)
 
@@ -122,23 +125,27 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default="gemma3_270m")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--score-tokens", type=int, default=128)
-    p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--runs", type=int, default=8)
-    p.add_argument("--fixed-repeats", type=int, default=4)
+    p.add_argument("--contents", default=",".join(CONTENTS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--runs", type=int, default=7)  # 5 candidates to explore per context, then 2 learned runs
+    p.add_argument("--fixed-repeats", type=int, default=2)
+    p.add_argument("--clock", choices=("process", "wall"), default="process")
     p.add_argument("--out", type=Path, default=Path("results/attention/router_learning.json"))
     args = p.parse_args(argv)
     torch.set_flush_denormal(True)
     lm = _model(args.model)
     workload = []
-    for i, content in enumerate(CONTENTS):
+    contents = args.contents.split(",")
+    for i, content in enumerate(contents):
         doc = load_documents(content, lm.tokenizer, args.seq_len, 1, seed=7)[0]
         workload.append({"text": lm.tokenizer.decode(doc.ids[1:]), "seq_len": args.seq_len, "i": i, "content": content,
                          "ids": torch.tensor([doc.ids])})
-    result = learning_experiment(workload, model_measure(lm, workload, args.score_tokens), list(range(args.seeds)),
-                                 args.runs, args.fixed_repeats)
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    result = learning_experiment(workload, model_measure(lm, workload, args.score_tokens, clock),
+                                 list(range(args.seeds)), args.runs, args.fixed_repeats)
     header = {"command": shlex.join(["python", "-m", "ollm_bench.evaluate.router_eval", *(sys.argv[1:] if argv is None else argv)]),
               "device": device_name(torch.device("cpu")), "model": args.model, "seq_len": args.seq_len,
-              "score_tokens": args.score_tokens, "contents": list(CONTENTS)}
+              "score_tokens": args.score_tokens, "clock": args.clock, "contents": contents}
     result = header | result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

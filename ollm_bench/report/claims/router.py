@@ -87,8 +87,12 @@ def learning_verdict(gain: tuple, regret: tuple, threshold: float) -> str:
 
 @rule
 def router_learning(rows, threshold: float, last_runs: int = 2) -> list[Evidence]:
-    """Gain 1 - late/early of the router's effective cost over `last_runs` first vs last runs (see
-    `learning_verdict`)."""
+    """Gain 1 - late/early of the router's effective cost (seconds, a quality violation charged a
+    full-attention rerun) in its first vs last `last_runs` runs, t-interval over seeds; late regret
+    vs the best fixed mechanism timed on separate runs, Welch interval. Reproduced: gain beyond
+    the interval and late runs not worse than the best fixed choice beyond its interval; not
+    reproduced: no gain even at the interval's high end, or worse than the best fixed choice beyond
+    the interval; inconclusive otherwise."""
     data = rows.router_experiment()
     if not data or not data.get("router") or not any(r["mechanism"] == "attn_full" for r in data.get("fixed", [])):
         return [no_data("no router experiment with router and fixed (incl. attn_full) runs at "
@@ -99,7 +103,7 @@ def router_learning(rows, threshold: float, last_runs: int = 2) -> list[Evidence
     gain, regret = s["gain"], s["regret"]
     fixed = ", ".join(f"{m} {c:.2f}" for m, c in sorted(s["fixed"].items(), key=lambda x: x[1]))
     detail = (f"{s['seeds']} seeds x {s['runs']} runs of {len(data.get('contents', []))} requests at {data.get('seq_len')} "
-              f"tokens; effective cost (s) first {last_runs} runs {statistics.fmean(s['early']):.2f}, last {last_runs} "
+              f"tokens; effective cost ({data.get('clock', 'wall')} seconds) first {last_runs} runs {statistics.fmean(s['early']):.2f}, last {last_runs} "
               f"{statistics.fmean(s['late']):.2f}; best fixed (separate runs) {s['best']} {s['best_cost']:.2f} "
               f"(all: {fixed}); late regret {regret[0]:+.1%} [{regret[1]:+.1%}, {regret[2]:+.1%}] (Welch t-interval); "
               f"quality violations in the last runs per seed: {s['late_violations']}; last picks, seed "
