@@ -73,8 +73,10 @@ def _per_model(rows, metric: str, seq_len: int, judge) -> list[Evidence]:
 
 @rule
 def routed_attention_speedup(rows, threshold: float, seq_len: int, metric: str = "kernel_prefill_ms") -> list[Evidence]:
-    """Per model: the fastest mechanism passing the gate on every content x length, timed at
-    `seq_len` against attn_full (see `routed_best` for the rule)."""
+    """Per model: the fastest mechanism whose gate passes on every content x length, timed at
+    `seq_len` against attn_full: reproduced if its p10-p90 range clears the threshold; not
+    reproduced if no passing or undecided mechanism could reach it (then, with none passing, no
+    number: full attention is kept); inconclusive otherwise."""
     def judge(model, cells, speed):
         verdict, value, low, high, text = routed_best(cells, speed, threshold)
         return Evidence(verdict, value, low, high, RANGE, model, len(cells), devices(speed), f"{metric} at {seq_len}: {text}")

@@ -20,9 +20,9 @@ def by_model(rows, optim: str, suite: str = SUITE) -> list[tuple[str, pd.DataFra
 
 
 def gate_of(r) -> str:
-    """pass / fail / inconclusive, or why a cell has no verdict (no baseline, documents differ)."""
+    """pass / fail / inconclusive, or why a cell has no verdict (documents differ, no paired baseline)."""
     g = r.get("gate")
-    return g if isinstance(g, str) else "no baseline row"
+    return g if isinstance(g, str) else "no gate: no paired baseline row"
 
 
 def cell_text(r) -> str:
