@@ -104,7 +104,7 @@ def router_learning(rows, threshold: float, last_runs: int = 2) -> list[Evidence
     fixed = ", ".join(f"{m} {c:.2f}" for m, c in sorted(s["fixed"].items(), key=lambda x: x[1]))
     detail = (f"{s['seeds']} seeds x {s['runs']} runs of {len(data.get('contents', []))} requests at {data.get('seq_len')} "
               f"tokens; effective cost ({data.get('clock', 'wall')} seconds) first {last_runs} runs {statistics.fmean(s['early']):.2f}, last {last_runs} "
-              f"{statistics.fmean(s['late']):.2f}; best fixed (separate runs) {s['best']} {s['best_cost']:.2f} "
+              f"{statistics.fmean(s['late']):.2f}; best fixed (separate runs; picked on those same runs, which favours it) {s['best']} {s['best_cost']:.2f} "
               f"(all: {fixed}); late regret {regret[0]:+.1%} [{regret[1]:+.1%}, {regret[2]:+.1%}] (Welch t-interval); "
               f"quality violations in the last runs per seed: {s['late_violations']}; last picks, seed "
               f"{next(iter(s['last_picks']))}: {next(iter(s['last_picks'].values()))}; command: {data.get('command', '?')}")
