@@ -17,11 +17,16 @@ bound contextual bandit over cost with a hard quality guard:
    CPU quality runs of the same content and length);
 3. exploration: untried mechanisms are tried first, cheapest expected first (fewest attended
    pairs, `density()`), so a broken-but-cheap mechanism is measured once and then excluded;
+   `explore_order="random"` tries them in the seeded random order instead (experiments that must
+   not favour one mechanism by the order it is tried in);
 4. exploitation: otherwise the lowest `mean_cost - exploration * scale * sqrt(ln N / n)`.
+Ties are broken by candidate index, or, with `seed` set, by a seeded random ranking of the
+candidates. (In the default order attn_full, the densest, is always explored last.)
 Full attention is always allowed, so there is always a choice. History persists to JSON.
 
-C16 ("gets better over time") is measured by `regret_over_runs`: the router's cost on successive
-runs of a fixed workload against the best single mechanism in hindsight that meets the budget.
+C16 ("gets better over time") is measured by `ollm_bench/evaluate/router_eval.py`: seeded random
+exploration, and the best fixed mechanism timed on separate runs. `regret_over_runs` is a quick
+in-process regret curve on one workload (its hindsight table reuses the router's measurements).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -60,7 +66,9 @@ class AttentionRouter:
     the chosen mechanism (the model's device is the resource context); `observe(cost,
     quality_loss=None)` records the measurement of that choice (persisted when `history_path` is
     set); `explain()` says why it chose; `detach(model)` restores the previous attention.
-    `force` pins the choice to one candidate (used by the quality-gate canary tests).
+    `force` pins the choice to one candidate (used by the quality-gate canary tests). `seed`: ties
+    (and, with `explore_order="random"`, the exploration order) follow a seeded random ranking of the
+    candidates instead of their index.
     """
 
     name: ClassVar[str] = "attn_router"
@@ -70,11 +78,21 @@ class AttentionRouter:
     exploration: float = 0.2
     history_path: str | None = None
     force: str | None = None
+    seed: int | None = None
+    explore_order: str = "cheapest"
 
     def __post_init__(self):
         self.candidates = tuple(self.candidates)
         if not self.candidates:
             raise ValueError("attn_router: needs at least one candidate mechanism")
+        if self.explore_order not in ("cheapest", "random"):
+            raise ValueError(f"attn_router: explore_order must be 'cheapest' or 'random', got {self.explore_order!r}")
+        if self.explore_order == "random" and self.seed is None:
+            raise ValueError("attn_router: explore_order='random' needs a seed (runs must be repeatable)")
+        order = list(self.candidates)
+        if self.seed is not None:
+            random.Random(self.seed).shuffle(order)
+        self._rank = {n: i for i, n in enumerate(order)}  # tie-break: lower rank wins
         self.mechanisms = {n: make_mechanism(n, **dict(self.candidate_params.get(n, {}))) for n in self.candidates}
         if not self.quality_budget >= 0:
             raise ValueError(f"attn_router: quality_budget must be >= 0, got {self.quality_budget!r}")
@@ -131,15 +149,18 @@ class AttentionRouter:
             choice, reason = self.force, "forced by configuration"
         else:
             untried = [n for n in allowed if rows[n]["n"] == 0]
-            if untried:
-                choice = min(untried, key=lambda n: (rows[n]["density"], self.candidates.index(n)))
+            if untried and self.explore_order == "random":
+                choice = min(untried, key=self._rank.get)
+                reason = f"exploring: no cost measured yet in this context; seeded random order (seed {self.seed})"
+            elif untried:
+                choice = min(untried, key=lambda n: (rows[n]["density"], self._rank[n]))
                 reason = f"exploring: no cost measured yet in this context; lowest density ({rows[choice]['density']:.2f}) first"
             else:
                 total = sum(rows[n]["n"] for n in allowed)
                 scale = _mean([rows[n]["mean_cost"] for n in allowed])
                 for n in allowed:
                     rows[n]["score"] = rows[n]["mean_cost"] - self.exploration * scale * math.sqrt(math.log(total) / rows[n]["n"])
-                choice = min(allowed, key=lambda n: (rows[n]["score"], self.candidates.index(n)))
+                choice = min(allowed, key=lambda n: (rows[n]["score"], self._rank[n]))
                 reason = f"lowest cost lower-confidence bound among {len(allowed)} allowed"
         self.last = {"context": ctx, "choice": choice, "reason": reason, "table": rows}
         return choice

@@ -91,6 +91,32 @@ def test_untried_cheapest_first_then_guard_excludes_it(tmp_path):
     assert reloaded.choose(LOGS, 32000) != "attn_sliding"
 
 
+def explored(router, text, seq_len, n):
+    """The first `n` choices for one request, each observed at a cost that does not favour any."""
+    picks = []
+    for _ in range(n):
+        picks.append(router.choose(text, seq_len))
+        router.observe(cost=1.0, quality_loss=0.0)
+    return picks
+
+
+def test_seeded_random_exploration_order():
+    orders = {seed: explored(AttentionRouter(seed=seed, explore_order="random"), LOGS, 8192, 5) for seed in range(4)}
+    assert all(sorted(o) == sorted(AttentionRouter().candidates) for o in orders.values())  # each once
+    assert len({tuple(o) for o in orders.values()}) > 1  # the order depends on the seed...
+    assert explored(AttentionRouter(seed=3, explore_order="random"), LOGS, 8192, 5) == orders[3]  # ...and only on it
+    default = explored(AttentionRouter(), LOGS, 8192, 5)
+    assert default == ["attn_sliding", "attn_sparse", "attn_multiscale", "attn_hybrid", "attn_full"]  # by density
+
+
+def test_seed_breaks_ties_without_changing_the_density_order():
+    # Equal cost everywhere: the exploitation step ties, and the seed decides the tie.
+    ties = {explored(AttentionRouter(seed=seed, exploration=0.0), LOGS, 8192, 6)[-1] for seed in range(6)}
+    assert len(ties) > 1 and explored(AttentionRouter(seed=0), LOGS, 8192, 5)[0] == "attn_sliding"
+    with pytest.raises(ValueError, match="needs a seed"):
+        AttentionRouter(explore_order="random")
+
+
 def test_regret_falls_to_at_most_zero_over_runs():
     """C16 on a fixed workload with a fixed cost/quality table: early runs explore (positive regret or
     violations); the last run is no worse than the best single mechanism in hindsight."""

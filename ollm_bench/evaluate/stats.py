@@ -26,6 +26,7 @@ CI_METHOD = "paired t-interval over documents"
 ALPHA = 0.05
 POWER = 0.80
 MARGIN = 0.02
+MAX_DOCS = 10**6  # beyond this, `docs_needed` says no number of documents resolves it
 
 
 def _t(q: float, df: int) -> float:
@@ -100,6 +101,8 @@ def docs_needed(point: float, sd: float, margin: float = MARGIN, alpha: float = 
         return None
     z = norm.ppf(1 - alpha / 2) + norm.ppf(POWER)
     n = max(3, math.ceil((z * sd / gap) ** 2))
+    if n > MAX_DOCS:  # a point on the margin (up to rounding) needs more documents than exist
+        return None
     n = math.ceil(((_t(1 - alpha / 2, n - 1) + _t(POWER, n - 1)) * sd / gap) ** 2)
     return max(3, n)
 
