@@ -94,6 +94,26 @@ def _eager_driver(model, cache, chunk: int):
     return prefill, step
 
 
+def _graph_driver(model, cache, total: int, chunk: int, label: str):
+    """Prefill eagerly, then replay one captured decode step (optim.graph_decode.GraphDecoder)."""
+    from optim.graph_decode import GraphDecoder
+
+    if not callable(getattr(cache, "reserve", None)):
+        raise NotMeasurable(f"{label} grows its storage per step (no preallocated store); measure it with "
+                            "decode_mode=eager, or kernel=triton where the method has a static store")
+    driver = GraphDecoder(model, cache)
+    driver.reserve(total)
+    state = {}
+
+    def prefill(ids):
+        state["next"] = driver.prefill(ids, chunk, logits_to_keep=1)[:, -1:].argmax(-1)
+
+    def step():
+        state["next"] = driver.step(state["next"]).argmax(-1)
+
+    return prefill, step
+
+
 def _compiled_driver(model, config, bench: BenchConfig, total: int, device):
     from transformers import StaticCache
 
@@ -143,19 +163,13 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
                 raise NotMeasurable("decode_mode=compiled times transformers' StaticCache: baseline only")
             cache, prefill, step = _compiled_driver(model, config, bench, total, device)
         elif sc.decode_mode == "graph":
-            from optim.graph_decode import GraphDecoder, GraphUnsupported
-
             cache = make_cache_fn(method, config)()
-            try:
-                driver = GraphDecoder(model, cache, max_tokens=total, prefill_chunk=sc.prefill_chunk)
-            except GraphUnsupported as exc:
-                raise NotMeasurable(f"{bench.optim.name} ({kernel}): {exc}; measure it with decode_mode=eager") from None
-            prefill, step = driver.prefill, driver.step
+            prefill, step = _graph_driver(model, cache, total, sc.prefill_chunk, f"{bench.optim.name} ({kernel})")
         else:
             cache = make_cache_fn(method, config)()
             prefill, step = _eager_driver(model, cache, sc.prefill_chunk)
         prefill_ms = gt.time_once(lambda: prefill(ids), device)
-        kv_read = _filled_kv_bytes(cache)
+        kv_read = _filled_kv_bytes(cache)  # after the prefill: the context a decode step reads
         samples = []
         for _ in range(sc.repeats):
             samples += gt.time_calls(step, device, sc.steps, warmup=sc.warmup if not samples else 0)
@@ -182,7 +196,7 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
 
 
 def _filled_kv_bytes(cache) -> int:
-    """KV bytes of the filled tokens: a preallocated store says (`filled_nbytes`); a growing cache
-    holds exactly its filled tokens."""
-    filled = getattr(cache, "filled_nbytes", None)
+    """KV bytes one step reads: a preallocated store says (`bytes_per_step`: the filled part only);
+    a growing cache holds exactly its filled tokens."""
+    filled = getattr(cache, "bytes_per_step", None)
     return int(filled()) if callable(filled) else cache_nbytes(cache)
