@@ -176,7 +176,8 @@ class StaticStoreLayer(CacheLayerMixin):
         """Allocate for `capacity` tokens (rounded up to `capacity_step`; a ring: its window)."""
         if self.fmt.name != "plain" or not self.ring:
             self.fmt.check(head_dim)
-        self.batch, self.heads, self.head_dim, self.device = batch, heads, head_dim, torch.device(device)
+        self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0": compared with query.device
+        self.batch, self.heads, self.head_dim = batch, heads, head_dim
         self.dtype = dtype
         self.store_dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
         if self.ring:
