@@ -19,9 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (attend_block, channel_key_scores, channel_phases, fp8_e4m3_round, launch_attend, launch_write,
-                     load_query, load_window_block, make_plan, minmax_codes, minmax_params, pack_codes, program_ids,
-                     quantize_key_block, softmax_state, store_partial, stored_len, window_partial, write_window_token)
+from .common import (attend_block, channel_key_scores, channel_phases, div_ieee, fp8_e4m3_round, launch_attend,
+                     launch_write, load_query, load_window_block, make_plan, minmax_codes, minmax_params, pack_codes,
+                     program_ids, quantize_key_block, softmax_state, store_partial, stored_len, window_partial,
+                     write_window_token)
 
 
 def _values(layer) -> tuple[list, dict]:
@@ -110,9 +111,9 @@ def _channel_write(KN, VN, WK, WV, KC, KS, KZ, VC, VS, VZ, LENS, skb, skh, svb, 
                 values = load_window_block(WV, wbase, first, n_tok, v_new, W, G, D)
                 rows = bh * cap + first + tl.arange(0, G)
                 if FP8:  # one absmax scale per token, rounded up as optim.kv_quant.encode does
-                    v_scale = tl.maximum(tl.max(tl.abs(values), axis=1) / 448.0, 1e-7)
+                    v_scale = tl.maximum(div_ieee(tl.max(tl.abs(values), axis=1), 448.0), 1e-7)
                     v_scale = (v_scale * 1.0009765625).to(tl.float16)
-                    codes = fp8_e4m3_round(values / v_scale.to(tl.float32)[:, None])
+                    codes = fp8_e4m3_round(div_ieee(values, v_scale.to(tl.float32)[:, None]))
                     tl.store(VC + rows[:, None] * D + tl.arange(0, D)[None, :], codes.to(VC.dtype.element_ty))
                     tl.store(VS + rows, v_scale)
                 else:  # asymmetric per token and group of VG channels

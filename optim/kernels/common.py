@@ -198,6 +198,14 @@ def stored_len(n, R: tl.constexpr, G: tl.constexpr):
 
 
 @triton.jit
+def div_ieee(x, y):
+    """x / y rounded to nearest, as torch divides. Triton's `/` on the GPU is an approximate
+    division (up to 2 ulp): a value next to a rounding boundary would then get the neighbouring
+    code (seen on an H200: a few int4/2-bit codes off by one against optim.kv_quant.encode)."""
+    return tl.math.div_rn(x, y + tl.zeros_like(x))  # div_rn takes two float32 tensors of x's shape
+
+
+@triton.jit
 def round_half_even(x):
     """torch.round for float32 (libdevice.rint is missing from the interpreter; floor(x + 0.5)
     would round 0.49999997 up)."""
@@ -214,7 +222,7 @@ def fp8_e4m3_round(x):
     fp8 conversions wrongly at binade edges)."""
     e = ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
     quantum = ((tl.maximum(e, -6) - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits
-    y = round_half_even(x / quantum) * quantum
+    y = round_half_even(x / quantum) * quantum  # a power of two: exact either way
     y = tl.minimum(tl.maximum(y, -448.0), 448.0)
     return tl.where(y == 0, x * 0.0, y)  # keep the sign of zero, as torch does
 
@@ -225,14 +233,14 @@ def minmax_params(lo, hi, LEVELS: tl.constexpr):
     value stays inside the code range after the fp16 rounding of the parameters."""
     zero = lo.to(tl.float16)
     zero = tl.where(zero.to(tl.float32) > lo, (lo - tl.abs(lo) * 0.0009765625).to(tl.float16), zero)
-    scale = tl.maximum((hi - zero.to(tl.float32)) / LEVELS, 1e-7)
+    scale = tl.maximum(div_ieee(hi - zero.to(tl.float32), LEVELS * 1.0), 1e-7)
     scale = (scale * 1.0009765625).to(tl.float16)
     return scale, zero
 
 
 @triton.jit
 def minmax_codes(x, scale, zero, LEVELS: tl.constexpr):
-    codes = round_half_even((x - zero.to(tl.float32)) / scale.to(tl.float32))
+    codes = round_half_even(div_ieee(x - zero.to(tl.float32), scale.to(tl.float32)))
     return tl.minimum(tl.maximum(codes, 0.0), LEVELS * 1.0).to(tl.int32)
 
 

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (attend_block, launch_attend, launch_write, load_query, make_plan, program_ids, round_half_even,
-                     softmax_state, store_partial)
+from .common import (attend_block, div_ieee, launch_attend, launch_write, load_query, make_plan, program_ids,
+                     round_half_even, softmax_state, store_partial)
 from .plain import block_tokens
 
 
@@ -62,9 +62,9 @@ def _int8_attend(Q, KC, KS, VC, VS, LENS, PO, PM, PL, sqb, sqh, cap, qk_scale, S
 @triton.jit
 def quantize_token(x):
     """Symmetric absmax int8 of one token, as optim.kv_int8.quantize_int8_per_token."""
-    scale = (tl.maximum(tl.max(tl.abs(x), axis=0), 1e-6) / 127.0).to(tl.float16)
+    scale = div_ieee(tl.maximum(tl.max(tl.abs(x), axis=0), 1e-6), 127.0).to(tl.float16)
     scale = tl.maximum(scale.to(tl.float32), 6.103515625e-05).to(tl.float16)  # fp16 tiny
-    codes = round_half_even(x / scale.to(tl.float32))
+    codes = round_half_even(div_ieee(x, scale.to(tl.float32)))
     return tl.minimum(tl.maximum(codes, -127.0), 127.0).to(tl.int8), scale
 
 
