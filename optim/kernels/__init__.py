@@ -4,7 +4,7 @@ One module per storage family, each with `plan` (validate + size a split-K launc
 (one query token per sequence -> [B, 1, Hq, D]) and `write` (quantize one token per sequence on
 write, at the length read from the device): `plain` (16-bit, also the sliding rings), `int8`,
 `channel` (per-channel keys + 16-bit window: kv_mixed's fp8 values and KIVI's 2-bit ones).
-`common` holds the shared split-K pieces.
+`common` holds the shared split-K pieces, `quantize` the rounding helpers of the write kernels.
 
 Importing this package does not import Triton; `format_module` does, so `optim` works without it.
 """

@@ -19,10 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (attend_block, channel_key_scores, channel_phases, div_ieee, fp8_e4m3_round, launch_attend,
-                     launch_write, load_query, load_window_block, make_plan, minmax_codes, minmax_params, pack_codes,
-                     program_ids, quantize_key_block, softmax_state, store_partial, stored_len, window_partial,
-                     write_window_token)
+from .common import (attend_block, launch_attend, launch_write, load_query, make_plan, program_ids, softmax_state,
+                     store_partial, stored_len)
+from .quantize import div_ieee, fp8_e4m3_round, minmax_codes, minmax_params, pack_codes
 
 
 def _values(layer) -> tuple[list, dict]:
@@ -127,3 +126,91 @@ def _channel_write(KN, VN, WK, WV, KC, KS, KZ, VC, VS, VZ, LENS, skb, skh, svb, 
                     tl.store(VS + rows[:, None] * NG + tl.arange(0, NG)[None, :], v_scale)
                     tl.store(VZ + rows[:, None] * NG + tl.arange(0, NG)[None, :], v_zero)
         tl.store(LENS + b, n_tok + 1)
+
+
+# ---- shared by both formats' kernels -------------------------------------------------------
+@triton.jit
+def window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, n_tok, start, sqb, sqh, qk_scale, part,
+                   HKV: tl.constexpr, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
+                   W: tl.constexpr, BW: tl.constexpr, DOT: tl.constexpr):
+    """Attention over the 16-bit window ring: positions [start, n_tok) live in slots pos % W.
+    Softmax does not care about order, so every slot is scanned with a validity mask. An empty
+    window writes a neutral partial (m = -inf, l = 0, acc = 0)."""
+    d = tl.arange(0, D)
+    q = load_query(Q, b, h, sqb, sqh, d, qk_scale, QH, M).to(DOT)
+    base = bh.to(tl.int64) * W * D
+    first = start % W
+    m_i, l_i, acc = softmax_state(M, D)
+    for w0 in range(0, W, BW):
+        slot = w0 + tl.arange(0, BW)
+        ok = (slot - first + W) % W < n_tok - start
+        k = tl.load(WK + base + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(WV + base + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        scores = tl.where(ok[None, :], tl.dot(q, tl.trans(k.to(DOT))), float("-inf"))
+        m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
+    store_partial(PO, PM, PL, part, acc, m_i, l_i, d, QH, M, D)
+
+
+@triton.jit
+def write_window_token(WK, WV, KN, VN, b, h, skb, skh, svb, svh, slot, wbase, D: tl.constexpr):
+    """Copy the new token of (b, h) into window slot `slot` (16 bits); returns it as float32."""
+    d = tl.arange(0, D)
+    k = tl.load(KN + b.to(tl.int64) * skb + h * skh + d).to(WK.dtype.element_ty)
+    v = tl.load(VN + b.to(tl.int64) * svb + h * svh + d).to(WV.dtype.element_ty)
+    tl.store(WK + wbase + slot * D + d, k)
+    tl.store(WV + wbase + slot * D + d, v)
+    return k.to(tl.float32), v.to(tl.float32)
+
+
+@triton.jit
+def load_window_block(WIN, wbase, first, n_tok, new, W: tl.constexpr, G: tl.constexpr, D: tl.constexpr):
+    """float32 [G, D]: window positions [first, first + G); position n_tok (written by this very
+    program, so not yet visible to its loads) comes from `new` instead of memory."""
+    pos = first + tl.arange(0, G)
+    d = tl.arange(0, D)
+    x = tl.load(WIN + wbase + (pos % W)[:, None] * D + d[None, :]).to(tl.float32)
+    return tl.where(pos[:, None] == n_tok, new[None, :], x)
+
+
+@triton.jit
+def quantize_key_block(x, KC, KS, KZ, cbase, sbase, first, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """Per-channel asymmetric codes of a block of G tokens, stored at rows [first, first + G)."""
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    DP: tl.constexpr = D * BITS // 8
+    scale, zero = minmax_params(tl.min(x, axis=0), tl.max(x, axis=0), LEVELS)
+    codes = minmax_codes(x, scale[None, :], zero[None, :], LEVELS)
+    rows = first + tl.arange(0, G)
+    tl.store(KC + cbase + rows[:, None] * DP + tl.arange(0, DP)[None, :], pack_codes(codes, G, D, BITS))
+    d = tl.arange(0, D)
+    tl.store(KS + sbase + (first // G) * D + d, scale)
+    tl.store(KZ + sbase + (first // G) * D + d, zero)
+
+
+@triton.jit
+def channel_phases(D: tl.constexpr, BITS: tl.constexpr):
+    """Phase-major columns for codes packed 8/BITS per byte along head_dim: column k reads byte
+    k % DP at bit offset (k // DP) * BITS, i.e. channel `chan[k]`. Loading each byte 8/BITS times
+    (the repeats hit L1) unpacks a [rows, DP] tile into [rows, D] without reshapes; queries and
+    scales are gathered in the same column order, so one dot covers all channels."""
+    DP: tl.constexpr = D * BITS // 8
+    k = tl.arange(0, D)
+    phase = k // DP
+    byte = k % DP
+    return byte * (8 // BITS) + phase, byte, phase * BITS
+
+
+@triton.jit
+def channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, chan, byte, shift,
+                       G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, DOT: tl.constexpr):
+    """Scores [M, G] of a block of G per-channel keys (k = code * scale + zero, one fp16 scale and
+    zero per channel and block): q.k = (q * scale).code + q.zero, so scales are folded into the
+    query once per block and the codes go into the dot exactly."""
+    DP: tl.constexpr = D * BITS // 8
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    blk = n0 // G
+    k_scale = tl.load(KS + sbase + blk * D + chan).to(tl.float32)
+    k_zero = tl.load(KZ + sbase + blk * D + chan).to(tl.float32)
+    codes = tl.load(KC + cbase + (n0 + tl.arange(0, G))[:, None] * DP + byte[None, :]).to(tl.int32)
+    k = ((codes >> shift[None, :]) & LEVELS).to(DOT)
+    bias = tl.sum(q * k_zero[None, :], axis=1)
+    return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(k)) + bias[:, None]

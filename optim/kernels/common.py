@@ -1,5 +1,5 @@
-"""Pieces every storage format's kernels share: the split-K plan, the online-softmax step, partial
-results and their reduction, the 16-bit window program and the exact-rounding helpers.
+"""Pieces every storage format's kernels share: the split-K plan and its checks, the launches, the
+online-softmax step, partial results and their reduction.
 
 Split-K flash decoding. One query token per sequence. Program (b*HKV + h, split) reads tokens
 [split*SPLIT, (split+1)*SPLIT) of KV head h of sequence b, for all QH = Hq/HKV query heads of that
@@ -10,7 +10,8 @@ captured; the filled length is read from device memory, programs past it exit at
 reduce reads only the partials of filled splits, so nothing past the length is ever touched.
 
 Formats with a 16-bit window (per-channel keys: the tokens of the unfinished key block plus
-`residual` recent ones) get one extra program per (b, h), partial index NSPLIT, for the window.
+`residual` recent ones) get one extra program per (b, h), partial index NSPLIT, for the window
+(optim/kernels/channel.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-HEAD_DIMS = (64, 128, 256)
+from ..kv_store_format import HEAD_DIMS
+
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 128  # partials per (b, h) at most: bounds the scratch and the reduce loop
@@ -198,63 +200,6 @@ def stored_len(n, R: tl.constexpr, G: tl.constexpr):
 
 
 @triton.jit
-def div_ieee(x, y):
-    """x / y rounded to nearest, as torch divides. Triton's `/` on the GPU is an approximate
-    division (up to 2 ulp): a value next to a rounding boundary would then get the neighbouring
-    code (seen on an H200: a few int4/2-bit codes off by one against optim.kv_quant.encode)."""
-    return tl.math.div_rn(x, y + tl.zeros_like(x))  # div_rn takes two float32 tensors of x's shape
-
-
-@triton.jit
-def round_half_even(x):
-    """torch.round for float32 (libdevice.rint is missing from the interpreter; floor(x + 0.5)
-    would round 0.49999997 up)."""
-    r = tl.floor(x)
-    frac = x - r
-    up = (frac > 0.5) | ((frac == 0.5) & ((r.to(tl.int32) & 1) == 1))
-    return tl.where(up, r + 1.0, r)
-
-
-@triton.jit
-def fp8_e4m3_round(x):
-    """x rounded to the nearest float8 e4m3 value (ties to even), as float32, clamped to +-448.
-    Converting an exactly representable value is then exact everywhere (the interpreter rounds
-    fp8 conversions wrongly at binade edges)."""
-    e = ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-    quantum = ((tl.maximum(e, -6) - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits
-    y = round_half_even(x / quantum) * quantum  # a power of two: exact either way
-    y = tl.minimum(tl.maximum(y, -448.0), 448.0)
-    return tl.where(y == 0, x * 0.0, y)  # keep the sign of zero, as torch does
-
-
-@triton.jit
-def minmax_params(lo, hi, LEVELS: tl.constexpr):
-    """fp16 (scale, zero) of optim.kv_quant._minmax_quantize: zero rounded down, scale up, so every
-    value stays inside the code range after the fp16 rounding of the parameters."""
-    zero = lo.to(tl.float16)
-    zero = tl.where(zero.to(tl.float32) > lo, (lo - tl.abs(lo) * 0.0009765625).to(tl.float16), zero)
-    scale = tl.maximum(div_ieee(hi - zero.to(tl.float32), LEVELS * 1.0), 1e-7)
-    scale = (scale * 1.0009765625).to(tl.float16)
-    return scale, zero
-
-
-@triton.jit
-def minmax_codes(x, scale, zero, LEVELS: tl.constexpr):
-    codes = round_half_even(div_ieee(x - zero.to(tl.float32), scale.to(tl.float32)))
-    return tl.minimum(tl.maximum(codes, 0.0), LEVELS * 1.0).to(tl.int32)
-
-
-@triton.jit
-def pack_codes(codes, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """int32 codes [ROWS, D] -> uint8 [ROWS, D*BITS/8], consecutive channels per byte, lowest first
-    (optim.kv_quant.pack)."""
-    PER: tl.constexpr = 8 // BITS
-    shifts = tl.arange(0, PER) * BITS
-    grouped = tl.reshape(codes, (ROWS, D // PER, PER))
-    return tl.sum(grouped << shifts[None, None, :], axis=2).to(tl.uint8)
-
-
-@triton.jit
 def load_query(Q, b, h, sqb, sqh, chan, qk_scale, QH: tl.constexpr, M: tl.constexpr):
     """[M, len(chan)] float32 query rows of KV head h (rows >= QH are zero), pre-scaled by
     softmax scale * log2(e) so the softmax can use exp2."""
@@ -285,93 +230,6 @@ def store_partial(PO, PM, PL, part, acc, m_i, l_i, chan, QH: tl.constexpr, M: tl
     tl.store(PO + (base + rows[:, None]) * D + chan[None, :], acc, mask=ok[:, None])
     tl.store(PM + base + rows, m_i, mask=ok)
     tl.store(PL + base + rows, l_i, mask=ok)
-
-
-@triton.jit
-def window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, n_tok, start, sqb, sqh, qk_scale, part,
-                   HKV: tl.constexpr, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
-                   W: tl.constexpr, BW: tl.constexpr, DOT: tl.constexpr):
-    """Attention over the 16-bit window ring: positions [start, n_tok) live in slots pos % W.
-    Softmax does not care about order, so every slot is scanned with a validity mask. An empty
-    window writes a neutral partial (m = -inf, l = 0, acc = 0)."""
-    d = tl.arange(0, D)
-    q = load_query(Q, b, h, sqb, sqh, d, qk_scale, QH, M).to(DOT)
-    base = bh.to(tl.int64) * W * D
-    first = start % W
-    m_i, l_i, acc = softmax_state(M, D)
-    for w0 in range(0, W, BW):
-        slot = w0 + tl.arange(0, BW)
-        ok = (slot - first + W) % W < n_tok - start
-        k = tl.load(WK + base + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
-        v = tl.load(WV + base + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
-        scores = tl.where(ok[None, :], tl.dot(q, tl.trans(k.to(DOT))), float("-inf"))
-        m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
-    store_partial(PO, PM, PL, part, acc, m_i, l_i, d, QH, M, D)
-
-
-@triton.jit
-def write_window_token(WK, WV, KN, VN, b, h, skb, skh, svb, svh, slot, wbase, D: tl.constexpr):
-    """Copy the new token of (b, h) into window slot `slot` (16 bits); returns it as float32."""
-    d = tl.arange(0, D)
-    k = tl.load(KN + b.to(tl.int64) * skb + h * skh + d).to(WK.dtype.element_ty)
-    v = tl.load(VN + b.to(tl.int64) * svb + h * svh + d).to(WV.dtype.element_ty)
-    tl.store(WK + wbase + slot * D + d, k)
-    tl.store(WV + wbase + slot * D + d, v)
-    return k.to(tl.float32), v.to(tl.float32)
-
-
-@triton.jit
-def load_window_block(WIN, wbase, first, n_tok, new, W: tl.constexpr, G: tl.constexpr, D: tl.constexpr):
-    """float32 [G, D]: window positions [first, first + G); position n_tok (written by this very
-    program, so not yet visible to its loads) comes from `new` instead of memory."""
-    pos = first + tl.arange(0, G)
-    d = tl.arange(0, D)
-    x = tl.load(WIN + wbase + (pos % W)[:, None] * D + d[None, :]).to(tl.float32)
-    return tl.where(pos[:, None] == n_tok, new[None, :], x)
-
-
-@triton.jit
-def quantize_key_block(x, KC, KS, KZ, cbase, sbase, first, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """Per-channel asymmetric codes of a block of G tokens, stored at rows [first, first + G)."""
-    LEVELS: tl.constexpr = (1 << BITS) - 1
-    DP: tl.constexpr = D * BITS // 8
-    scale, zero = minmax_params(tl.min(x, axis=0), tl.max(x, axis=0), LEVELS)
-    codes = minmax_codes(x, scale[None, :], zero[None, :], LEVELS)
-    rows = first + tl.arange(0, G)
-    tl.store(KC + cbase + rows[:, None] * DP + tl.arange(0, DP)[None, :], pack_codes(codes, G, D, BITS))
-    d = tl.arange(0, D)
-    tl.store(KS + sbase + (first // G) * D + d, scale)
-    tl.store(KZ + sbase + (first // G) * D + d, zero)
-
-
-@triton.jit
-def channel_phases(D: tl.constexpr, BITS: tl.constexpr):
-    """Phase-major columns for codes packed 8/BITS per byte along head_dim: column k reads byte
-    k % DP at bit offset (k // DP) * BITS, i.e. channel `chan[k]`. Loading each byte 8/BITS times
-    (the repeats hit L1) unpacks a [rows, DP] tile into [rows, D] without reshapes; queries and
-    scales are gathered in the same column order, so one dot covers all channels."""
-    DP: tl.constexpr = D * BITS // 8
-    k = tl.arange(0, D)
-    phase = k // DP
-    byte = k % DP
-    return byte * (8 // BITS) + phase, byte, phase * BITS
-
-
-@triton.jit
-def channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, chan, byte, shift,
-                       G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, DOT: tl.constexpr):
-    """Scores [M, G] of a block of G per-channel keys (k = code * scale + zero, one fp16 scale and
-    zero per channel and block): q.k = (q * scale).code + q.zero, so scales are folded into the
-    query once per block and the codes go into the dot exactly."""
-    DP: tl.constexpr = D * BITS // 8
-    LEVELS: tl.constexpr = (1 << BITS) - 1
-    blk = n0 // G
-    k_scale = tl.load(KS + sbase + blk * D + chan).to(tl.float32)
-    k_zero = tl.load(KZ + sbase + blk * D + chan).to(tl.float32)
-    codes = tl.load(KC + cbase + (n0 + tl.arange(0, G))[:, None] * DP + byte[None, :]).to(tl.int32)
-    k = ((codes >> shift[None, :]) & LEVELS).to(DOT)
-    bias = tl.sum(q * k_zero[None, :], axis=1)
-    return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(k)) + bias[:, None]
 
 
 @triton.jit

@@ -12,8 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (attend_block, div_ieee, launch_attend, launch_write, load_query, make_plan, program_ids,
-                     round_half_even, softmax_state, store_partial)
+from .common import (attend_block, launch_attend, launch_write, load_query, make_plan, program_ids, softmax_state,
+                     store_partial)
+from .quantize import div_ieee, round_half_even
 from .plain import block_tokens
 
 
