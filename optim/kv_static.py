@@ -59,7 +59,8 @@ def _round_up(n: int, step: int) -> int:
 
 
 class StaticStoreLayer(CacheLayerMixin):
-    """One layer's static store; global (slot = position) or a 16-bit sliding ring."""
+    """One layer's static store; global (slot = position) or a 16-bit sliding ring. `fused=False`
+    sends one-token updates down the eager path too (no Triton; comparisons and debugging)."""
 
     is_compileable = False  # graphs come from optim.graph_decode, not from torch.compile
     is_croppable = False
@@ -112,8 +113,7 @@ class StaticStoreLayer(CacheLayerMixin):
 
     def allocate(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device, capacity: int = 0) -> None:
         """Allocate for `capacity` tokens (rounded up to `capacity_step`; a ring: its window)."""
-        if self.fmt.name != "plain" or not self.ring:
-            self.fmt.check(head_dim)
+        self.fmt.check(head_dim)
         self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0": compared with query.device
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
         self.dtype = dtype
