@@ -14,6 +14,7 @@ from .attn_sliding import SlidingSinkAttention
 from .attn_sparse import BlockSparseAttention
 from .base import FullPrecisionKV, KVCacheMethod, cache_nbytes, layer_specs, plain_kv_bytes, storage_report
 from .content_classifier import classify
+from .graph_decode import GraphDecoder
 from .kv_adaptive import AdaptiveKV
 from .kv_format import FormatKV
 from .kv_hf_quantized import HFQuantizedKV
@@ -22,6 +23,7 @@ from .kv_kivi import KiviKV
 from .kv_mixed import MixedPrecisionKV
 from .kv_pattern import PatternAwareKV
 from .kv_press import KVPressPeer
+from .kv_static import StaticStoreCache
 from .kv_temporal import TemporalKV
 from .predictive_memory import PredictiveMemoryManager
 from .static_kv_arena import GraphedDecoder, StaticArenaKV, StaticKVArena
@@ -40,6 +42,7 @@ __all__ = [
     "AttentionRouter",
     "BlockSparseAttention",
     "FullAttention",
+    "GraphDecoder",
     "GraphedDecoder",
     "HybridAttention",
     "MultiScaleAttention",
@@ -47,6 +50,7 @@ __all__ = [
     "SlidingSinkAttention",
     "StaticArenaKV",
     "StaticKVArena",
+    "StaticStoreCache",
     "TensorPool",
     "TorchCachingAllocator",
     "classify",

@@ -15,6 +15,8 @@ import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 
+from .fused_attention import KernelChoice
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -199,10 +201,22 @@ class KVCacheMethod(ABC):
 
 
 @dataclass
-class FullPrecisionKV(KVCacheMethod):
-    """The baseline: transformers' own `DynamicCache`, hybrid-aware through the config."""
+class FullPrecisionKV(KernelChoice, KVCacheMethod):
+    """The baseline: transformers' own `DynamicCache`, hybrid-aware through the config.
+    `kernel="triton"`: a 16-bit static store read by the same split-K kernel as the compressed
+    formats (optim.kv_static), so the baseline can be timed in the same graph-captured decode."""
+
+    name = "baseline"
+    kernel: str = "torch"
+
+    def store_format(self):
+        from .kv_static import PLAIN
+
+        return PLAIN
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
+        if self.kernel == "triton":
+            return self.static_cache(config)
         from transformers import DynamicCache
 
         return DynamicCache(config=config)

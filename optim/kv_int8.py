@@ -19,11 +19,13 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .base import BatchedStateMixin, KVCacheMethod, WindowedLengthMixin, build_layers
+from .fused_attention import KernelChoice
+from .kv_quant import checks_values
 
 
 def quantize_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric absmax int8 over the last dim. Returns (int8 codes, fp16 scales[..., 1])."""
-    if not torch.isfinite(x).all():
+    if checks_values(x) and not torch.isfinite(x).all():  # per prefill chunk, not per decode step
         raise ValueError("int8 KV quantization got NaN or Inf in the key/value states")
     xf = x.float()
     scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6) / 127.0
@@ -91,10 +93,21 @@ class Int8KVLayer(WindowedLengthMixin, BatchedStateMixin, DynamicLayer):
         self.is_initialized = False
 
 
-
 @dataclass
-class Int8KV(KVCacheMethod):
-    """Per-token symmetric int8 keys and values (fp16 scales), on global and sliding layers alike."""
+class Int8KV(KernelChoice, KVCacheMethod):
+    """Per-token symmetric int8 keys and values (fp16 scales), on global and sliding layers alike.
+    `kernel="triton"`: a static store read in place by a fused decode kernel (optim.kv_static;
+    sliding layers as 16-bit rings)."""
+
+    name = "kv_int8"
+    kernel: str = "torch"
+
+    def store_format(self):
+        from .kv_static import INT8
+
+        return INT8
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
+        if self.kernel == "triton":
+            return self.static_cache(config)
         return build_layers(config, lambda: Int8KVLayer(), lambda w: Int8KVLayer(sliding_window=w))

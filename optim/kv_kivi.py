@@ -20,6 +20,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
 from .base import KVCacheMethod
+from .fused_attention import KernelChoice
 from .kv_quant import SpecKVLayer, build_checked
 
 
@@ -35,15 +36,25 @@ class KiviKVLayer(SpecKVLayer):
 
 
 @dataclass
-class KiviKV(KVCacheMethod):
-    """KIVI: `bits`-bit per-channel keys, per-token values, `residual` recent tokens in 16 bits."""
+class KiviKV(KernelChoice, KVCacheMethod):
+    """KIVI: `bits`-bit per-channel keys, per-token values, `residual` recent tokens in 16 bits.
+    `kernel="triton"`: a static store read in place by a fused decode kernel (optim.kv_static)."""
 
+    name = "kv_kivi"
     bits: int = 2
     group_size: int = 32
     value_group: int = 32
     residual: int = 128
+    kernel: str = "torch"
+
+    def store_format(self):
+        from .kv_static import kivi_format
+
+        return kivi_format(self.bits, self.group_size, self.value_group, self.residual)
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
+        if self.kernel == "triton":
+            return self.static_cache(config)
         specs = [("channel", self.bits, self.group_size), ("token", self.bits, self.value_group)]
         args = (self.bits, self.group_size, self.value_group, self.residual)
         return build_checked(config, "kv_kivi", self.residual, specs, lambda w: KiviKVLayer(*args, sliding_window=w))

@@ -27,6 +27,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
 from .base import KVCacheMethod
+from .fused_attention import KernelChoice
 from .kv_quant import SpecKVLayer, build_checked
 
 
@@ -41,14 +42,26 @@ class MixedPrecisionKVLayer(SpecKVLayer):
 
 
 @dataclass
-class MixedPrecisionKV(KVCacheMethod):
+class MixedPrecisionKV(KernelChoice, KVCacheMethod):
     """Keys int4 per-channel (groups of `group_size` tokens), values fp8 e4m3 per-token, `residual` recent
-    tokens kept in 16 bits (plus the unfinished key block)."""
+    tokens kept in 16 bits (plus the unfinished key block). `kernel="triton"`: the same format in a
+    static store read in place by a fused decode kernel (optim.kv_static; sliding layers as 16-bit rings)."""
 
+    name = "kv_mixed"
     group_size: int = 64
     residual: int = 0
     sinks: int = 0  # first tokens kept in 16 bits on global layers (ablations: python -m ollm_bench sweep ... optim.method.sinks=4)
+    kernel: str = "torch"
+
+    def store_format(self):
+        from .kv_static import mixed_format
+
+        if self.sinks:
+            raise ValueError("kv_mixed: the fused store (kernel=triton) keeps no sink tokens; use sinks=0 or kernel=torch")
+        return mixed_format(self.group_size, self.residual)
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
+        if self.kernel == "triton":
+            return self.static_cache(config)
         return build_checked(config, "kv_mixed", self.residual, [("channel", 4, self.group_size)],
                              lambda w: MixedPrecisionKVLayer(self.group_size, self.residual, sliding_window=w, sinks=self.sinks))

@@ -16,6 +16,8 @@ one growing tensor per field instead of a Python list of small tensors.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers.cache_utils import DynamicLayer
 
@@ -27,13 +29,27 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 
 
+# Value checks (NaN/Inf, fp16 range) read a device value back on the host: they run once per
+# prefill chunk of more than one token, not on every decode step, where the sync would stall the
+# GPU and break CUDA-graph capture. OLLM_KV_CHECK_EVERY_STEP=1 checks one-token updates too (debug).
+CHECK_EVERY_STEP = os.environ.get("OLLM_KV_CHECK_EVERY_STEP", "") == "1"
+
+
+def checks_values(states: torch.Tensor) -> bool:
+    """Whether an update of these [batch, heads, tokens, head_dim] states gets the value checks."""
+    return states.shape[-2] > 1 or CHECK_EVERY_STEP
+
+
 def check_states(key_states: torch.Tensor, value_states: torch.Tensor, what: str) -> None:
-    """Refuse inputs that would turn into silent garbage once quantized."""
+    """Refuse inputs that would turn into silent garbage once quantized: dtype and shape always,
+    values (NaN/Inf, fp16 range) per prefill chunk (see CHECK_EVERY_STEP)."""
     for name, t in (("keys", key_states), ("values", value_states)):
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"{what}: unsupported {name} dtype {t.dtype}; expected float32, float16 or bfloat16")
         if t.dim() != 4:
             raise ValueError(f"{what}: {name} must be [batch, heads, tokens, head_dim], got shape {tuple(t.shape)}")
+        if not checks_values(t):
+            continue
         if not torch.isfinite(t).all():
             raise ValueError(f"{what}: NaN or Inf in the {name}; refusing to quantize them")
         if t.numel() and t.abs().amax() > FP16_MAX:

@@ -36,6 +36,29 @@ class ArenaFullError(ValueError):
     """More tokens were asked of the arena than it was sized for."""
 
 
+def write_positions(keys, values, n: int, key_states, value_states, sliding_window: int | None):
+    """Write tokens at positions [n, n + new) into `keys`/`values` [B, H, capacity, D] (slot = position,
+    or position % capacity on a sliding ring) and return what transformers' dynamic layers would:
+    all keys in position order, or on a sliding layer the last window - 1 past ones + the new ones."""
+    new, capacity = key_states.shape[-2], keys.shape[2]
+    if sliding_window is None or n + new <= capacity:  # no wrap: slot = position
+        keys[:, :, n : n + new].copy_(key_states)
+        values[:, :, n : n + new].copy_(value_states)
+        start = 0 if sliding_window is None else n - min(n, sliding_window - 1)
+        return keys[:, :, start : n + new], values[:, :, start : n + new]
+    # Wrapped ring: return (last window-1 past tokens in position order, new tokens), then keep
+    # the newest `capacity` tokens. Reading before writing matters when `new` > 1.
+    keep = min(n, sliding_window - 1)
+    past = torch.arange(n - keep, n, device=keys.device) % capacity
+    full_k = torch.cat([keys.index_select(2, past), key_states], dim=-2)
+    full_v = torch.cat([values.index_select(2, past), value_states], dim=-2)
+    tail = min(new, capacity)
+    slots = torch.arange(n + new - tail, n + new, device=keys.device) % capacity
+    keys.index_copy_(2, slots, key_states[:, :, new - tail :])
+    values.index_copy_(2, slots, value_states[:, :, new - tail :])
+    return full_k, full_v
+
+
 class ArenaLayer(CacheLayerMixin):
     """One layer's slice of the arena; global (slot = position) or a sliding ring."""
 
@@ -65,25 +88,10 @@ class ArenaLayer(CacheLayerMixin):
             self.keys.index_copy_(2, slot, key_states)
             self.values.index_copy_(2, slot, value_states)
             return self.keys, self.values
-        n, new = self.length, key_states.shape[-2]
-        self.arena.check_room(new, n)
-        self.length = n + new
-        if self.sliding_window is None or n + new <= self.capacity:  # no wrap: slot = position
-            self.keys[:, :, n : n + new].copy_(key_states)
-            self.values[:, :, n : n + new].copy_(value_states)
-            start = 0 if self.sliding_window is None else n - min(n, self.sliding_window - 1)
-            return self.keys[:, :, start : n + new], self.values[:, :, start : n + new]
-        # Wrapped ring: return (last window-1 past tokens in position order, new tokens), then keep
-        # the newest `capacity` tokens. Reading before writing matters when `new` > 1.
-        keep = min(n, self.sliding_window - 1)
-        past = torch.arange(n - keep, n, device=self.keys.device) % self.capacity
-        full_k = torch.cat([self.keys.index_select(2, past), key_states], dim=-2)
-        full_v = torch.cat([self.values.index_select(2, past), value_states], dim=-2)
-        tail = min(new, self.capacity)
-        slots = torch.arange(n + new - tail, n + new, device=self.keys.device) % self.capacity
-        self.keys.index_copy_(2, slots, key_states[:, :, new - tail :])
-        self.values.index_copy_(2, slots, value_states[:, :, new - tail :])
-        return full_k, full_v
+        n = self.length
+        self.arena.check_room(key_states.shape[-2], n)
+        self.length = n + key_states.shape[-2]
+        return write_positions(self.keys, self.values, n, key_states, value_states, self.sliding_window)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         n = self.length

@@ -6,6 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# The fused KV kernels' tests (test_kv_triton_*.py) run in Triton's CPU interpreter where there is
+# no CUDA. It must be on before anything imports triton (triton wraps its own library functions
+# when imported, and some other tests import it through torch), and it must stay on while kernels
+# run; nothing else in the suite runs Triton on the CPU, so it is set here, for the session.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 # A tiny random model and a short grid: every CLI test finishes in seconds.
 TINY = ["suite=single", "model=tiny_random", "model.weights=true", "seq_len=96", "scenario.score_tokens=32",

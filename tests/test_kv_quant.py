@@ -74,3 +74,21 @@ def test_constant_input_is_exact_enough():
     x = torch.full((1, 1, 16, 8), 3.0)
     xq = decode(encode(x, ("channel", 2, 16)), ("channel", 2, 16), torch.float32)
     assert (xq - x).abs().max() < 3.0 * 2**-9
+
+
+def test_value_checks_run_per_prefill_chunk_not_per_decode_step(monkeypatch):
+    """NaN/Inf checks sync with the device: chunks of more than one token are checked, one-token
+    decode updates only with OLLM_KV_CHECK_EVERY_STEP (kv_quant.CHECK_EVERY_STEP)."""
+    from optim import kv_quant
+    from optim.kv_int8 import Int8KVLayer
+    from optim.kv_mixed import MixedPrecisionKVLayer
+
+    for layer in (MixedPrecisionKVLayer(group_size=4), Int8KVLayer()):
+        nan = torch.full((1, 1, 1, 32), float("nan"))
+        layer.update(torch.randn(1, 1, 1, 32), nan)  # a decode step: not checked, no sync
+        with pytest.raises(ValueError, match="NaN"):
+            layer.update(torch.randn(1, 1, 2, 32), torch.cat([nan, nan], 2))
+        monkeypatch.setattr(kv_quant, "CHECK_EVERY_STEP", True)
+        with pytest.raises(ValueError, match="NaN"):
+            layer.update(torch.randn(1, 1, 1, 32), nan)
+        monkeypatch.setattr(kv_quant, "CHECK_EVERY_STEP", False)

@@ -1,0 +1,216 @@
+"""Per-channel keys behind a 16-bit window: the kernels of kv_mixed and KIVI (the peer), which
+store keys alike and differ in their values.
+
+Store, per layer (capacity C tokens, a multiple of G):
+- `k_codes` uint8 [B, HKV, C, D*KBITS/8]: KBITS-bit codes packed along head_dim (kv_quant.pack),
+  `k_scale`/`k_zero` fp16 [B, HKV, C/G, D]: per channel and block of G tokens;
+- values, kv_mixed (`fp8=True`): `v_codes` float8_e4m3fn [B, HKV, C, D], `v_scale` fp16 [B, HKV, C];
+  KIVI: `v_codes` uint8 [B, HKV, C, D*VBITS/8], `v_scale`/`v_zero` fp16 [B, HKV, C, D/VG], VBITS
+  per token in groups of VG channels;
+- `win_k`/`win_v` 16-bit [B, HKV, W, D]: the tokens not yet in a whole block (plus `residual`
+  recent ones), position p in slot p % W.
+fp8 values go into the dot as they are (exact in 16 bits) and their per-token scale multiplies the
+probabilities; KIVI's value scales vary along head_dim, so those are dequantized in registers.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (attend_block, launch_attend, launch_write, load_query, make_plan, program_ids, softmax_state,
+                     store_partial, stored_len)
+from .quantize import div_ieee, fp8_e4m3_round, minmax_codes, minmax_params, pack_codes
+
+
+def _values(layer) -> tuple[list, dict]:
+    """Value tensors (fp8 has no zeros: its scales stand in, unread) and their constexprs."""
+    f, fp8 = layer.fmt, layer.fmt.name == "mixed"
+    tensors = [layer.v_codes, layer.v_scale, layer.v_scale if fp8 else layer.v_zero]
+    return tensors, dict(FP8=fp8, VBITS=8 if fp8 else f.value_bits, VG=layer.head_dim if fp8 else f.value_group)
+
+
+def plan(layer, query, workspace=None):
+    return make_plan(layer, query, layer.fmt.group, window=True, workspace=workspace)
+
+
+def attend(layer, query: torch.Tensor, scale: float, decode_plan, out=None) -> torch.Tensor:
+    values, value_args = _values(layer)
+    store = [layer.k_codes, layer.k_scale, layer.k_zero, *values, layer.win_k, layer.win_v]
+    return launch_attend(_channel_attend, layer, query, scale, decode_plan, out, store, window=True,
+                         **_geometry(layer), **value_args)
+
+
+def write(layer, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+    """One token per sequence into the window; a block that this token completes is quantized
+    into the store in the same launch (an in-kernel branch on the device length)."""
+    values, value_args = _values(layer)
+    store = [layer.win_k, layer.win_v, layer.k_codes, layer.k_scale, layer.k_zero, *values]
+    launch_write(_channel_write, layer, key_states, value_states, store, **_geometry(layer), **value_args)
+
+
+def _geometry(layer) -> dict:
+    f = layer.fmt
+    return dict(G=f.group, R=f.residual, W=f.window, KBITS=f.key_bits)
+
+
+@triton.jit
+def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, LENS, PO, PM, PL, sqb, sqh, cap, qk_scale, SPLIT, NSPLIT,
+                    NPART, HKV: tl.constexpr, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
+                    R: tl.constexpr, W: tl.constexpr, KBITS: tl.constexpr, FP8: tl.constexpr, VBITS: tl.constexpr,
+                    VG: tl.constexpr, DOT: tl.constexpr):
+    bh, b, h, n_tok = program_ids(LENS, cap, HKV, False)
+    split = tl.program_id(1)
+    stored = stored_len(n_tok, R, G)
+    start = split * SPLIT
+    if split == NSPLIT:
+        window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, n_tok, stored, sqb, sqh, qk_scale, bh * NPART + NSPLIT,
+                       HKV, QH, M, D, W, G, DOT)
+    elif start < stored:
+        chan, byte, shift = channel_phases(D, KBITS)
+        v_chan, v_byte, v_shift = channel_phases(D, VBITS)  # VBITS 8 (fp8): natural order
+        q = load_query(Q, b, h, sqb, sqh, chan, qk_scale, QH, M)
+        row0 = bh.to(tl.int64) * cap
+        cbase = row0 * (D * KBITS // 8)
+        sbase = bh.to(tl.int64) * (cap // G) * D
+        m_i, l_i, acc = softmax_state(M, D)
+        for n0 in range(start, tl.minimum(start + SPLIT, stored), G):  # whole blocks: no masks
+            scores = channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, chan, byte, shift, G, D, KBITS, DOT)
+            n = row0 + n0 + tl.arange(0, G)
+            if FP8:
+                v = tl.load(VC + n[:, None] * D + v_chan[None, :]).to(DOT)  # e4m3 is exact in 16 bits
+                m_i, l_i, acc = attend_block(scores, v, tl.load(VS + n).to(tl.float32)[None, :], m_i, l_i, acc, DOT)
+            else:
+                codes = tl.load(VC + n[:, None] * (D * VBITS // 8) + v_byte[None, :]).to(tl.int32)
+                v_scale = tl.load(VS + n[:, None] * (D // VG) + (v_chan // VG)[None, :]).to(tl.float32)
+                v_zero = tl.load(VZ + n[:, None] * (D // VG) + (v_chan // VG)[None, :]).to(tl.float32)
+                v = ((codes >> v_shift[None, :]) & ((1 << VBITS) - 1)).to(tl.float32) * v_scale + v_zero
+                m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
+        store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, v_chan, QH, M, D)
+
+
+@triton.jit
+def _channel_write(KN, VN, WK, WV, KC, KS, KZ, VC, VS, VZ, LENS, skb, skh, svb, svh, cap,
+                   HKV: tl.constexpr, D: tl.constexpr, G: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
+                   KBITS: tl.constexpr, FP8: tl.constexpr, VBITS: tl.constexpr, VG: tl.constexpr):
+    b = tl.program_id(0)  # one program per sequence: it alone reads and advances LENS[b]
+    n_tok = tl.load(LENS + b)
+    if n_tok < cap:
+        past = n_tok + 1 - R  # tokens older than the residual once this one is in
+        first = past - G  # the block this token completes starts here
+        for h in range(HKV):
+            bh = (b * HKV + h).to(tl.int64)
+            wbase = bh * W * D
+            k_new, v_new = write_window_token(WK, WV, KN, VN, b, h, skb, skh, svb, svh, n_tok % W, wbase, D)
+            if (past >= G) & (past % G == 0):
+                keys = load_window_block(WK, wbase, first, n_tok, k_new, W, G, D)
+                quantize_key_block(keys, KC, KS, KZ, bh * cap * (D * KBITS // 8), bh * (cap // G) * D, first,
+                                   G, D, KBITS)
+                values = load_window_block(WV, wbase, first, n_tok, v_new, W, G, D)
+                rows = bh * cap + first + tl.arange(0, G)
+                if FP8:  # one absmax scale per token, rounded up as optim.kv_quant.encode does
+                    v_scale = tl.maximum(div_ieee(tl.max(tl.abs(values), axis=1), 448.0), 1e-7)
+                    v_scale = (v_scale * 1.0009765625).to(tl.float16)
+                    codes = fp8_e4m3_round(div_ieee(values, v_scale.to(tl.float32)[:, None]))
+                    tl.store(VC + rows[:, None] * D + tl.arange(0, D)[None, :], codes.to(VC.dtype.element_ty))
+                    tl.store(VS + rows, v_scale)
+                else:  # asymmetric per token and group of VG channels
+                    NG: tl.constexpr = D // VG
+                    LEVELS: tl.constexpr = (1 << VBITS) - 1
+                    grouped = tl.reshape(values, (G, NG, VG))
+                    v_scale, v_zero = minmax_params(tl.min(grouped, axis=2), tl.max(grouped, axis=2), LEVELS)
+                    codes = minmax_codes(grouped, v_scale[:, :, None], v_zero[:, :, None], LEVELS)
+                    packed = pack_codes(tl.reshape(codes, (G, D)), G, D, VBITS)
+                    tl.store(VC + rows[:, None] * (D * VBITS // 8) + tl.arange(0, D * VBITS // 8)[None, :], packed)
+                    tl.store(VS + rows[:, None] * NG + tl.arange(0, NG)[None, :], v_scale)
+                    tl.store(VZ + rows[:, None] * NG + tl.arange(0, NG)[None, :], v_zero)
+        tl.store(LENS + b, n_tok + 1)
+
+
+# ---- shared by both formats' kernels -------------------------------------------------------
+@triton.jit
+def window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, n_tok, start, sqb, sqh, qk_scale, part,
+                   HKV: tl.constexpr, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
+                   W: tl.constexpr, BW: tl.constexpr, DOT: tl.constexpr):
+    """Attention over the 16-bit window ring: positions [start, n_tok) live in slots pos % W.
+    Softmax does not care about order, so every slot is scanned with a validity mask. An empty
+    window writes a neutral partial (m = -inf, l = 0, acc = 0)."""
+    d = tl.arange(0, D)
+    q = load_query(Q, b, h, sqb, sqh, d, qk_scale, QH, M).to(DOT)
+    base = bh.to(tl.int64) * W * D
+    first = start % W
+    m_i, l_i, acc = softmax_state(M, D)
+    for w0 in range(0, W, BW):
+        slot = w0 + tl.arange(0, BW)
+        ok = (slot - first + W) % W < n_tok - start
+        k = tl.load(WK + base + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(WV + base + slot[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        scores = tl.where(ok[None, :], tl.dot(q, tl.trans(k.to(DOT))), float("-inf"))
+        m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
+    store_partial(PO, PM, PL, part, acc, m_i, l_i, d, QH, M, D)
+
+
+@triton.jit
+def write_window_token(WK, WV, KN, VN, b, h, skb, skh, svb, svh, slot, wbase, D: tl.constexpr):
+    """Copy the new token of (b, h) into window slot `slot` (16 bits); returns it as float32."""
+    d = tl.arange(0, D)
+    k = tl.load(KN + b.to(tl.int64) * skb + h * skh + d).to(WK.dtype.element_ty)
+    v = tl.load(VN + b.to(tl.int64) * svb + h * svh + d).to(WV.dtype.element_ty)
+    tl.store(WK + wbase + slot * D + d, k)
+    tl.store(WV + wbase + slot * D + d, v)
+    return k.to(tl.float32), v.to(tl.float32)
+
+
+@triton.jit
+def load_window_block(WIN, wbase, first, n_tok, new, W: tl.constexpr, G: tl.constexpr, D: tl.constexpr):
+    """float32 [G, D]: window positions [first, first + G); position n_tok (written by this very
+    program, so not yet visible to its loads) comes from `new` instead of memory."""
+    pos = first + tl.arange(0, G)
+    d = tl.arange(0, D)
+    x = tl.load(WIN + wbase + (pos % W)[:, None] * D + d[None, :]).to(tl.float32)
+    return tl.where(pos[:, None] == n_tok, new[None, :], x)
+
+
+@triton.jit
+def quantize_key_block(x, KC, KS, KZ, cbase, sbase, first, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """Per-channel asymmetric codes of a block of G tokens, stored at rows [first, first + G)."""
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    DP: tl.constexpr = D * BITS // 8
+    scale, zero = minmax_params(tl.min(x, axis=0), tl.max(x, axis=0), LEVELS)
+    codes = minmax_codes(x, scale[None, :], zero[None, :], LEVELS)
+    rows = first + tl.arange(0, G)
+    tl.store(KC + cbase + rows[:, None] * DP + tl.arange(0, DP)[None, :], pack_codes(codes, G, D, BITS))
+    d = tl.arange(0, D)
+    tl.store(KS + sbase + (first // G) * D + d, scale)
+    tl.store(KZ + sbase + (first // G) * D + d, zero)
+
+
+@triton.jit
+def channel_phases(D: tl.constexpr, BITS: tl.constexpr):
+    """Phase-major columns for codes packed 8/BITS per byte along head_dim: column k reads byte
+    k % DP at bit offset (k // DP) * BITS, i.e. channel `chan[k]`. Loading each byte 8/BITS times
+    (the repeats hit L1) unpacks a [rows, DP] tile into [rows, D] without reshapes; queries and
+    scales are gathered in the same column order, so one dot covers all channels."""
+    DP: tl.constexpr = D * BITS // 8
+    k = tl.arange(0, D)
+    phase = k // DP
+    byte = k % DP
+    return byte * (8 // BITS) + phase, byte, phase * BITS
+
+
+@triton.jit
+def channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, chan, byte, shift,
+                       G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, DOT: tl.constexpr):
+    """Scores [M, G] of a block of G per-channel keys (k = code * scale + zero, one fp16 scale and
+    zero per channel and block): q.k = (q * scale).code + q.zero, so scales are folded into the
+    query once per block and the codes go into the dot exactly."""
+    DP: tl.constexpr = D * BITS // 8
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    blk = n0 // G
+    k_scale = tl.load(KS + sbase + blk * D + chan).to(tl.float32)
+    k_zero = tl.load(KZ + sbase + blk * D + chan).to(tl.float32)
+    codes = tl.load(KC + cbase + (n0 + tl.arange(0, G))[:, None] * DP + byte[None, :]).to(tl.int32)
+    k = ((codes >> shift[None, :]) & LEVELS).to(DOT)
+    bias = tl.sum(q * k_zero[None, :], axis=1)
+    return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(k)) + bias[:, None]

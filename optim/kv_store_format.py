@@ -1,0 +1,70 @@
+"""Storage formats of the static KV store (optim.kv_static) that the fused kernels read in place:
+16-bit (the baseline, and every sliding-window ring), int8 per token, kv_mixed (int4 per-channel
+keys, fp8 values) and KIVI (2-bit per-channel keys, 2-bit per-token value groups). Each maps onto
+the codecs of optim.kv_quant, so a store and a torch-path cache hold the same codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEAD_DIMS = (64, 128, 256)  # what the fused kernels are built and tested for
+
+@dataclass(frozen=True)
+class StoreFormat:
+    """How one layer stores its K/V. Per-channel keys (`group` > 1) keep the unfinished block and
+    `residual` more recent tokens in a 16-bit window of `window` slots."""
+
+    name: str  # plain | int8 | mixed | kivi
+    key_bits: int = 16
+    value_bits: int = 16
+    group: int = 1  # tokens per key scale block
+    residual: int = 0
+    value_group: int = 0  # KIVI: channels per value scale
+
+    @property
+    def has_window(self) -> bool:
+        return self.name in ("mixed", "kivi")
+
+    @property
+    def window(self) -> int:
+        """Ring slots: holds up to residual + group - 1 tokens; a whole number of blocks, so the
+        block a decode step completes never wraps inside the ring."""
+        return self.group * (-(-self.residual // self.group) + 1) if self.has_window else 0
+
+    def stored_len(self, n: int) -> int:
+        """Tokens in the quantized store when n are held (same rule as kv_quant.BlockKVLayer)."""
+        return max(n - self.residual, 0) // self.group * self.group if self.has_window else n
+
+    @property
+    def key_spec(self) -> tuple:
+        return ("channel", self.key_bits, self.group)
+
+    @property
+    def value_spec(self) -> tuple:
+        return ("fp8",) if self.name == "mixed" else ("token", self.value_bits, self.value_group)
+
+    def check(self, head_dim: int) -> None:
+        what = f"static store ({self.name})"
+        if head_dim not in HEAD_DIMS:
+            raise ValueError(f"{what}: head_dim {head_dim} is not supported by the fused kernels (one of {HEAD_DIMS})")
+        if self.has_window:
+            if self.group not in (16, 32, 64, 128, 256):
+                raise ValueError(f"{what}: key group size must be a power of two in [16, 256], got {self.group}")
+            if self.residual < 0:
+                raise ValueError(f"{what}: residual must be >= 0, got {self.residual}")
+            if self.key_bits not in (2, 4) or (self.name == "kivi" and self.value_bits not in (2, 4)):
+                raise ValueError(f"{what}: 2- or 4-bit codes only, got keys {self.key_bits} / values {self.value_bits}")
+        if self.name == "kivi" and (self.value_group not in (16, 32, 64, 128, 256) or head_dim % self.value_group):
+            raise ValueError(f"{what}: value group {self.value_group} must be a power of two dividing {head_dim}")
+
+
+PLAIN = StoreFormat("plain")
+INT8 = StoreFormat("int8", key_bits=8, value_bits=8)
+
+
+def mixed_format(group: int = 64, residual: int = 0) -> StoreFormat:
+    return StoreFormat("mixed", key_bits=4, value_bits=8, group=group, residual=residual)
+
+
+def kivi_format(bits: int = 2, group: int = 32, value_group: int = 32, residual: int = 128) -> StoreFormat:
+    return StoreFormat("kivi", key_bits=bits, value_bits=bits, group=group, residual=residual, value_group=value_group)
