@@ -12,6 +12,9 @@ baseline included, is timed in the same decode mode, and rows are compared only 
   labelled, for methods whose storage grows per step: peers, `kernel=torch` caches).
 - `compiled`: `torch.compile(mode="reduce-overhead")` over transformers' `StaticCache` (baseline
   only), the common off-the-shelf way, for scale.
+- `kernel`: one layer's decode attention alone at the model's attention shapes: the method's fused
+  kernel over its static store (`kernel=triton`), or SDPA over bf16 K/V for the baseline
+  (scenarios/decode_kernel.py).
 
 Per row: step time (median, p10, p90 over `repeats` x `steps` CUDA-event timings), GPU busy time
 and kernels per step (profiler), `bytes_per_step` (weights + the KV bytes the cache holds for the
@@ -37,7 +40,7 @@ from ..run.environment import device_name, resolve_device
 from . import gpu_timing as gt
 from .base import Scenario, positive
 
-MODES = ("graph", "eager", "compiled")
+MODES = ("graph", "eager", "compiled", "kernel")
 
 
 class NotMeasurable(Exception):
@@ -140,9 +143,32 @@ def _compiled_driver(model, config, bench: BenchConfig, total: int, device):
     return cache, prefill, step
 
 
+def measure_attention_kernel(sc: DecodeScenario, bench: BenchConfig) -> dict:
+    from hydra.utils import instantiate
+
+    from ..models import random_weights_config
+    from .decode_kernel import measure_kernel
+
+    torch.manual_seed(bench.seed)
+    device = resolve_device(bench.device)
+    method = instantiate(bench.optim.method)
+    if getattr(method, "kernel", "torch") != "triton" and bench.optim.name != "baseline":
+        raise NotMeasurable(f"{bench.optim.name} (torch) dequantizes, then runs SDPA: it has no decode kernel of its "
+                            "own; time its fused kernel with kernel=triton, or its whole step with decode_mode=eager")
+    text = random_weights_config(bench.model).get_text_config(decoder=True)
+    copy_gbps = gt.copy_bandwidth_gbps(device)
+    row = measure_kernel(method, text, bench.batch_size, bench.seq_len, device)
+    row.update(device=device_name(device), decode_mode="kernel", copy_gbps=copy_gbps)
+    row["achieved_gbps"] = row["bytes_per_step"] / (row["step_ms"] / 1e3) / 1e9
+    row["bw_fraction"] = row["achieved_gbps"] / copy_gbps if copy_gbps else None
+    return row
+
+
 def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
     from hydra.utils import instantiate
 
+    if sc.decode_mode == "kernel":
+        return measure_attention_kernel(sc, bench)
     torch.manual_seed(bench.seed)
     device = resolve_device(bench.device)
     lm = load_model(bench.model, device=str(device))
@@ -169,7 +195,7 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
             cache = make_cache_fn(method, config)()
             prefill, step = _eager_driver(model, cache, sc.prefill_chunk)
         prefill_ms = gt.time_once(lambda: prefill(ids), device)
-        kv_read = _filled_kv_bytes(cache)  # after the prefill: the context a decode step reads
+        kv_read = kv_context = _filled_kv_bytes(cache)  # after the prefill: the context a decode step reads
         samples = []
         for _ in range(sc.repeats):
             samples += gt.time_calls(step, device, sc.steps, warmup=sc.warmup if not samples else 0)
@@ -182,10 +208,12 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
     wbytes = gt.weight_bytes(model)
     row.update(
         device=device_name(device), decode_mode=sc.decode_mode, kernel=kernel, prefill_ms=prefill_ms,
-        kv_bytes=cache_nbytes(cache), kv_bytes_16bit=plain_kv_bytes(config, bench.seq_len, bench.batch_size),
+        # KV bytes for the context's tokens (as in quality rows); what a preallocated store holds,
+        # its unfilled capacity included, is in extra.kv_bytes_held.
+        kv_bytes=kv_context, kv_bytes_16bit=plain_kv_bytes(config, bench.seq_len, bench.batch_size),
         bytes_per_step=wbytes + kv_read, copy_gbps=copy_gbps, quantize_share=share,
-        extra={"weight_bytes": wbytes, "kv_bytes_read": kv_read, "kernels_per_step": busy.get("kernels_per_call"),
-               "timed_steps": len(samples)},
+        extra={"weight_bytes": wbytes, "kv_bytes_read": kv_read, "kv_bytes_held": cache_nbytes(cache),
+               "kernels_per_step": busy.get("kernels_per_call"), "timed_steps": len(samples)},
     )
     row["gpu_busy_ms"] = busy.get("gpu_busy_ms")
     row["achieved_gbps"] = row["bytes_per_step"] / (row["step_ms"] / 1e3) / 1e9
