@@ -33,6 +33,10 @@ def decode_summary(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[(df.status == "ok") & df.step_ms.notna()].sort_values("started_at")
     ok = ok.drop_duplicates(subset=DECODE_KEY + ["optim", "kernel"], keep="last").copy()
     ok["speedup"] = ratio_to(ok, DECODE_KEY, "baseline", "step_ms")
+    # The prefill share a compressing store pays for quantizing on write: its prefill against the
+    # 16-bit store's (baseline) of the same machine, mode, context, batch and kernel.
+    share = 1 - pd.Series(ratio_to(ok, DECODE_KEY + ["kernel"], "baseline", "prefill_ms"), index=ok.index)
+    ok["quantize_share"] = share.where(ok.optim != "baseline")
     return ok.sort_values(["model", "decode_mode", "seq_len", "batch_size", "optim"]).reset_index(drop=True)
 
 

@@ -19,8 +19,9 @@ baseline included, is timed in the same decode mode, and rows are compared only 
 Per row: step time (median, p10, p90 over `repeats` x `steps` CUDA-event timings), GPU busy time
 and kernels per step (profiler), `bytes_per_step` (weights + the KV bytes the cache holds for the
 filled tokens: codes, scales, zero-points, windows), achieved GB/s and `bw_fraction` against the
-copy bandwidth measured in the same process, prefill time, and for quantizing stores the share of
-prefill device time spent in quantize-on-write kernels.
+copy bandwidth measured in the same process, and the prefill time (the report sets a compressing
+store's prefill against the 16-bit store's of the same mode, context and batch: the share of the
+prefill that quantizing on write costs).
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ class DecodeScenario(Scenario):
     prefill_chunk: int = 4096
     profile_steps: int = 4
     allow_cpu: bool = False  # functional checks of this scenario's logic on CPU (tests); never evidence
-    quantize_kernels: str = "quant"  # name pattern of quantize-on-write kernels (prefill share)
 
     def __post_init__(self):
         if self.decode_mode not in MODES:
@@ -200,10 +200,6 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
         for _ in range(sc.repeats):
             samples += gt.time_calls(step, device, sc.steps, warmup=sc.warmup if not samples else 0)
         busy = gt.device_busy(step, device, sc.profile_steps)
-        share = None
-        if kernel == "triton" and device.type == "cuda":  # quantize-on-write share of a fresh prefill
-            cache.reset()
-            share = gt.device_busy(lambda: prefill(ids), device, 1, sc.quantize_kernels).get("matched_share")
     row = gt.step_stats(samples)
     wbytes = gt.weight_bytes(model)
     row.update(
@@ -211,7 +207,7 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
         # KV bytes for the context's tokens (as in quality rows); what a preallocated store holds,
         # its unfilled capacity included, is in extra.kv_bytes_held.
         kv_bytes=kv_context, kv_bytes_16bit=plain_kv_bytes(config, bench.seq_len, bench.batch_size),
-        bytes_per_step=wbytes + kv_read, copy_gbps=copy_gbps, quantize_share=share,
+        bytes_per_step=wbytes + kv_read, copy_gbps=copy_gbps,
         extra={"weight_bytes": wbytes, "kv_bytes_read": kv_read, "kv_bytes_held": cache_nbytes(cache),
                "kernels_per_step": busy.get("kernels_per_call"), "timed_steps": len(samples)},
     )

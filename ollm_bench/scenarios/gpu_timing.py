@@ -89,10 +89,11 @@ def device_busy(step, device: torch.device, calls: int, name_pattern: str | None
             step()
         sync(device)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total_us = sum(e.device_time for e in kernels)
+    # A device event's time range is the kernel's interval on the GPU.
+    total_us = sum(e.time_range.elapsed_us() for e in kernels)
     out = {"gpu_busy_ms": total_us / calls / 1e3, "kernels_per_call": len(kernels) / calls}
     if name_pattern:
-        matched = sum(e.device_time for e in kernels if re.search(name_pattern, e.name))
+        matched = sum(e.time_range.elapsed_us() for e in kernels if re.search(name_pattern, e.name))
         out["matched_share"] = matched / total_us if total_us else None
     return out
 
