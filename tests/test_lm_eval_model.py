@@ -10,28 +10,11 @@ from lm_eval.api.instance import Instance
 
 from ollm_bench.errors import ConfigError
 from ollm_bench.evaluate.lm_eval_model import CacheInLoopLM
-from optim import REGISTRY
+from ollm_bench.methods import build_method
 from tests.broken_caches import ZeroValuesKV
+from tests.tiny_hf import byte_tokenizer
 
 CONTEXT = "The quick brown fox jumps over the lazy"
-
-
-def byte_tokenizer():
-    """A real HF fast tokenizer (HFLM needs one) over bytes: ids 3..258 + pad/eos/bos/unk, 260 in all,
-    the tiny model's vocab. Like Gemma's, it prepends BOS by default."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2}
-    vocab.update({ch: 3 + i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))})
-    vocab["<unk>"] = 259
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
-                                                       special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +30,7 @@ def hflm(tiny_model, tokenizer):
 
 
 def ours(model, tokenizer, method="baseline", **kw):
-    make = ZeroValuesKV().make_cache if method == "zero_values" else REGISTRY[method].make_cache
+    make = (ZeroValuesKV() if method == "zero_values" else build_method(method)).make_cache
     return CacheInLoopLM(model, tokenizer, make, **{"max_length": 64, "prefill_chunk": 7, "score_chunk": 5, **kw})
 
 
@@ -172,7 +155,7 @@ def _gemma_checks(lm):
     from ollm_bench.tasks import evaluate
 
     hf = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=1, device="cpu")
-    mine = CacheInLoopLM(lm.model, lm.tokenizer, REGISTRY["baseline"].make_cache, prefill_chunk=512, score_chunk=4)
+    mine = CacheInLoopLM(lm.model, lm.tokenizer, build_method("baseline").make_cache, prefill_chunk=512, score_chunk=4)
     reqs = [Instance("loglikelihood", {}, ("The capital of France is", " Paris"), 0),
             Instance("loglikelihood", {}, ("Paul Graham wrote essays about startups and", " programming languages"), 1)]
     want, got = hf.loglikelihood(reqs), mine.loglikelihood(reqs)

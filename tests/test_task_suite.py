@@ -5,7 +5,7 @@ import math
 import pytest
 
 from ollm_bench.errors import ConfigError
-from ollm_bench.evaluate.scoring import gate_verdict
+from ollm_bench.evaluate.stats import gate_verdict
 from ollm_bench.evaluate.task_suite import _aggregate, _per_doc, paired_delta
 
 
@@ -63,13 +63,14 @@ def test_corrupt_samples_file_is_one_clear_error_and_left_alone(tmp_path):
 
 
 def test_task_context_budget_and_unknown_optim():
-    from ollm_bench.evaluate.task_suite import load_method, task_max_length
+    from ollm_bench.evaluate.task_suite import task_max_length
+    from ollm_bench.methods import build_scoring_method
 
     assert task_max_length("ollm_niah_16k") >= 16384 and task_max_length("ollm_rolling_prose") == 2048
     with pytest.raises(ConfigError, match="unknown optim 'nope'"):
-        load_method("nope")
-    router = load_method("attn_router")
-    assert router.exploration == 0.0 and load_method("kvpress_snapkv").press == "snapkv"
+        build_scoring_method("nope")
+    router = build_scoring_method("attn_router")
+    assert router.exploration == 0.0 and build_scoring_method("kvpress_snapkv").press == "snapkv"
 
 
 def test_quality_markdown_and_readme_block(tmp_path):

@@ -69,17 +69,6 @@ def paired_delta(metric: str, opt: dict[int, object], base: dict[int, object], s
     return point, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
 
 
-def load_method(name: str):
-    """The optimization as the sweeps configure it (conf/optim/<name>.yaml); a router is judged on
-    what it learned, so it does not explore here."""
-    from ..methods import build_method
-
-    method = build_method(name)
-    if hasattr(method, "exploration"):
-        method.exploration = 0.0
-    return method
-
-
 def task_max_length(task: str, max_gen_toks: int = 16) -> int:
     """Context budget: a needle prompt's full length plus the answer; 2048 otherwise."""
     from ..tasks.build import NIAH_LENGTHS
@@ -148,7 +137,6 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     """Run each (optim, task) not already stored with the same `limit` (or all, with `force`),
     saving after each, then rebuild `tasks.csv` from every stored result."""
     import os
-    from collections import Counter
 
     import torch
     from tqdm import tqdm
@@ -158,13 +146,14 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from .lm_eval_model import CacheInLoopLM
+    from ..methods import build_scoring_method
     from ..run.environment import device_name
     from ..models import load_pretrained
     from ..tasks import check_tasks, evaluate, task_manager
 
     if "baseline" not in optims:
         optims = ["baseline", *optims]
-    methods = {name: load_method(name) for name in optims}
+    methods = {name: build_scoring_method(name) for name in optims}
     check_tasks(tasks, task_manager())
     out_dir = Path(results_dir) / "quality"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,31 +166,15 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
         torch.set_flush_denormal(True)
         lm = load_pretrained("gemma3_270m")
     for optim, task in tqdm(todo, desc="suite=quality", unit="task"):
-        method = methods[optim]
-        from ..methods import make_cache_fn
-
-        make_cache = lambda config, method=method: make_cache_fn(method, config)()  # noqa: E731
-        attach = getattr(method, "attach", None)
-        choices = Counter()
-
-        def route(model, context_text=None, seq_len=None, method=method, choices=choices):
-            # Per request, as a server would: the router classifies this request's text and length.
-            # Plain mechanisms get no length: a window longer than a short request is full attention
-            # there, not the configuration error it is for a sweep.
-            method.attach(model, context_text=context_text, seq_len=seq_len if hasattr(method, "choose") else None)
-            if getattr(method, "last", None):
-                choices[method.last["choice"]] += 1
-
-        model = CacheInLoopLM(lm.model, lm.tokenizer, make_cache, route=route if attach else None,
-                              max_length=task_max_length(task))
+        # Every request routed by its own text, as a server would (CacheInLoopLM.for_method).
+        model = CacheInLoopLM.for_method(lm.model, lm.tokenizer, methods[optim], max_length=task_max_length(task))
         try:
             result = evaluate(model, [task], limit=limit, log_samples=True)
         finally:
-            if attach is not None:
-                method.detach(lm.model)
+            model.detach()
         entry = {"optim": optim, "task": task, "limit": limit, "device": device,
                  "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "router_choices": dict(choices), "per_doc": _per_doc(result["samples"][task])}
+                 "router_choices": dict(model.router_choices), "per_doc": _per_doc(result["samples"][task])}
         entries = _save_entry(samples_path, entry)
         print(f"[ollm_bench] {optim} / {task} done", flush=True)
     table = _table(entries, device)
