@@ -37,6 +37,7 @@ from lm_eval.models.utils import (
     resolve_max_length,
 )
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+from tqdm import tqdm
 
 from ..errors import ConfigError
 from .scoring import forward, prefill, score_tail
@@ -188,7 +189,7 @@ class CacheInLoopLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         out = []
-        for key, context_enc, continuation_enc in requests:
+        for key, context_enc, continuation_enc in tqdm(requests, disable=disable_tqdm, desc="loglikelihood"):
             if not context_enc or not continuation_enc:
                 raise ConfigError(f"loglikelihood request with an empty context or continuation: {key!r}")
             if len(continuation_enc) > self.max_length:
@@ -204,7 +205,7 @@ class CacheInLoopLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
-        for (string,) in [req.args for req in requests]:
+        for (string,) in tqdm([req.args for req in requests], disable=disable_tqdm, desc="loglikelihood_rolling"):
             # The same disjoint windows HFLM scores (context_len=1), each through a fresh cache.
             windows = [
                 (None, *make_disjoint_window(w))
@@ -213,7 +214,7 @@ class CacheInLoopLM(TemplateLM):
                     max_seq_len=self.max_length, context_len=1,
                 )
             ]
-            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows))
+            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows, disable_tqdm=True))
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
             out.append(total)
         return out
@@ -239,7 +240,7 @@ class CacheInLoopLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         out = []
-        for context, gen_kwargs in [req.args for req in requests]:
+        for context, gen_kwargs in tqdm([req.args for req in requests], disable=disable_tqdm, desc="generate_until"):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             if kwargs.get("do_sample"):
                 raise ConfigError("ollm_cache decodes greedily only; the task asks for do_sample=True")
