@@ -30,6 +30,12 @@ commands:
            the candidates in conf/calibrate/NAME.yaml; writes them into conf/optim/NAME.yaml and
            the evidence into results/calibration/NAME.md
            e.g.  python -m ollm_bench calibrate optim=kv_adaptive
+  lm-eval  lm-eval's own command line with our model `ollm_cache` registered and ollm_bench/tasks
+           added to --include_path (ollm_* tasks need no flag); every other argument goes to
+           lm-eval unchanged. `compare` pairs two runs' logged samples (loss, 95 % interval, gate)
+           e.g.  python -m ollm_bench lm-eval run --model ollm_cache --tasks ollm_cloze_prose --limit 20
+                     --model_args model=gemma3_270m,optim=kv_int8 --output_path out/kv_int8 --log_samples
+                 python -m ollm_bench lm-eval compare out/baseline out/kv_int8
   claims   compute a verdict for each claim of the report from stored rows; writes
            results/claims.md and the README's claims table
 """
@@ -227,7 +233,59 @@ def calibrate(args: list[str]) -> None:
         _fail(str(exc))
 
 
-COMMANDS = {"sweep": sweep, "report": report, "gate": gate, "claims": claims, "tasks": tasks, "calibrate": calibrate}
+LM_EVAL_USAGE = """usage: python -m ollm_bench lm-eval [run|ls|validate] [lm-eval arguments ...]
+       python -m ollm_bench lm-eval compare BASELINE_OUTPUT METHOD_OUTPUT
+
+run/ls/validate: lm-eval's own command line (its help follows), with
+  --model ollm_cache --model_args model=<gemma3_270m | local dir | hub id>,optim=<conf/optim name>
+      [,dtype=float32|bfloat16|float16,max_length=N,prefill_chunk=N,score_chunk=N,max_gen_toks=N]
+  registered (every score through the method's cache), and ollm_bench/tasks added to --include_path
+  (ollm_* tasks need no flag). Bad model_args (unknown optim, argument or model): exit 2.
+compare: two runs made with --output_path and --log_samples (each its --output_path folder or a
+  results_*.json), paired by document: per task and metric the loss vs the baseline, its 95 %
+  interval (Tango score for 0/1 metrics, paired t for perplexities) and the gate verdict;
+  exit 1 when a gate fails.
+"""
+
+
+def lm_eval(args: list[str]) -> None:
+    from .errors import BenchError
+
+    if args[:1] == ["compare"]:
+        _lm_eval_compare(args[1:])
+        return
+    if not args or any(a in ("-h", "--help") for a in args):
+        print(LM_EVAL_USAGE)
+    from .evaluate.lm_eval_cli import run
+
+    try:
+        run(args)
+    except BenchError as exc:
+        _fail(str(exc))
+
+
+def _lm_eval_compare(args: list[str]) -> None:
+    from .errors import BenchError
+    from .evaluate.lm_eval_cli import compare, compare_text, describe, load_run
+
+    if any(a in ("-h", "--help") for a in args):
+        print(LM_EVAL_USAGE)
+        return
+    if len(args) != 2:
+        _fail(f"compare takes two lm-eval outputs, BASELINE and METHOD (got {len(args)} arguments)")
+    try:
+        base, method = load_run(args[0]), load_run(args[1])
+        table = compare(base, method)
+    except BenchError as exc:
+        _fail(str(exc))
+    print(f"baseline: {describe(base[0])}\nmethod:   {describe(method[0])}\n{compare_text(table)}")
+    failed = table[table["gate"] == "fail"] if "gate" in table else table.iloc[0:0]
+    if len(failed):
+        _fail(f"gate failed: {', '.join(failed.task + ' ' + failed.metric)}", 1)
+
+
+COMMANDS = {"sweep": sweep, "report": report, "gate": gate, "claims": claims, "tasks": tasks, "calibrate": calibrate,
+            "lm-eval": lm_eval}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,15 @@ def build_method(name: str, **overrides):
         raise ConfigError(f"optim {name!r} cannot be built: {type(cause).__name__}: {cause}") from None
 
 
+def build_scoring_method(name: str):
+    """`build_method(name)` for quality scoring: a router is judged on what it learned, so it does
+    not explore there."""
+    method = build_method(name)
+    if hasattr(method, "exploration"):
+        method.exploration = 0.0
+    return method
+
+
 def make_cache_fn(method, config):
     """`() -> fresh Cache` for a method: its own cache, or transformers' plain cache for methods
     that only hook the model (attention mechanisms)."""

@@ -3,6 +3,8 @@ runs our offline tasks through `simple_evaluate`, and rejects bad task names and
 
 import json
 import math
+import os
+import re
 
 import pytest
 import torch
@@ -12,26 +14,10 @@ from ollm_bench.errors import ConfigError
 from ollm_bench.evaluate.lm_eval_model import CacheInLoopLM
 from ollm_bench.methods import build_method
 from tests.broken_caches import ZeroValuesKV
+from tests.conftest import REPO
+from tests.tiny_hf import byte_tokenizer
 
 CONTEXT = "The quick brown fox jumps over the lazy"
-
-
-def byte_tokenizer():
-    """A real HF fast tokenizer (HFLM needs one) over bytes: ids 3..258 + pad/eos/bos/unk, 260 in all,
-    the tiny model's vocab. Like Gemma's, it prepends BOS by default."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2}
-    vocab.update({ch: 3 + i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))})
-    vocab["<unk>"] = 259
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
-                                                       special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,7 @@ def hflm(tiny_model, tokenizer):
 
 
 def ours(model, tokenizer, method="baseline", **kw):
-    make = ZeroValuesKV().make_cache if method == "zero_values" else build_method(method).make_cache
+    make = (ZeroValuesKV() if method == "zero_values" else build_method(method)).make_cache
     return CacheInLoopLM(model, tokenizer, make, **{"max_length": 64, "prefill_chunk": 7, "score_chunk": 5, **kw})
 
 
@@ -142,6 +128,47 @@ def test_task_file_with_bad_rows_is_one_clear_error(tiny_model, tokenizer, tmp_p
     (tmp_path / "ollm_cloze_prose.jsonl").write_text(f"{good}\n{bad}\n")
     with pytest.raises(ConfigError, match=rf"ollm_cloze_prose.jsonl line 2: {why}"):
         evaluate(ours(tiny_model, tokenizer), ["ollm_cloze_prose"], limit=1)
+
+
+WIKITEXT = os.environ.get("OLLM_BENCH_WIKITEXT") or str(REPO.parent / "shared" / "data" / "wikitext-2")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(WIKITEXT, "test.txt")),
+                    reason=f"no local WikiText-2 at {WIKITEXT} (set OLLM_BENCH_WIKITEXT to a folder with test.txt, valid.txt)")
+def test_wikitext_task_scores_local_articles_as_lm_eval_does(tiny_model, tokenizer, monkeypatch):
+    """The folder comes through task metadata (`--metadata wikitext_path=`); documents are articles;
+    target, words and bytes follow lm-eval's own `wikitext` functions."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
+
+    from ollm_bench.tasks import TASK_DIR
+
+    monkeypatch.delenv("OLLM_BENCH_WIKITEXT", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata={"wikitext_path": WIKITEXT})
+    lm = ours(tiny_model, tokenizer, max_length=512, prefill_chunk=256, score_chunk=128)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["ollm_wikitext2"], task_manager=manager, limit=2, log_samples=True)
+    first = out["samples"]["ollm_wikitext2"][0]
+    page = first["doc"]["page"]
+    assert re.match(r" = [^=].* = \n", page) and page.count("\n = ") > 0  # one article: title, then its sections
+    assert first["target"] == wikitext_detokenizer(first["doc"])
+    assert first["word_perplexity"][1] == len(re.split(r"\s+", page)) and first["bits_per_byte"][1] == len(page.encode())
+    again = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (first["target"],), 0)])[0]
+    assert first["word_perplexity"][0] == pytest.approx(again)
+    res = out["results"]["ollm_wikitext2"]
+    assert res["sample_len"] == 2 and res["bits_per_byte,none"] == pytest.approx(math.log2(res["byte_perplexity,none"]))
+
+
+def test_wikitext_task_without_a_local_copy_is_one_clear_error(tiny_model, tokenizer, monkeypatch, tmp_path):
+    from ollm_bench.tasks import evaluate
+
+    monkeypatch.delenv("OLLM_BENCH_WIKITEXT", raising=False)
+    with pytest.raises(ConfigError, match=r"reads a local WikiText-2: set \$OLLM_BENCH_WIKITEXT"):
+        evaluate(ours(tiny_model, tokenizer), ["ollm_wikitext2"], limit=1)
+    monkeypatch.setenv("OLLM_BENCH_WIKITEXT", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"ollm_wikitext2: .*no .*test.txt"):
+        evaluate(ours(tiny_model, tokenizer), ["ollm_wikitext2"], limit=1)
 
 
 def test_task_construction_is_deterministic_and_predictable():

@@ -14,12 +14,16 @@ left truncation to `max_length + 1`), so for the baseline cache the scores equal
 float tolerance (tests/test_lm_eval_model.py proves it) and any difference for another method is
 the method's. Batch size is 1: every request gets its own cache, as a serving system would.
 
-Registered with lm-eval as `ollm_cache`, e.g.
-`lm_eval.simple_evaluate(model="ollm_cache", model_args="model=gemma3_270m,optim=kv_int8", ...)`.
+Registered with lm-eval as `ollm_cache`; lm-eval builds it from `--model_args` (a dict from its
+CLI, a string from `simple_evaluate`): `model=<gemma3_270m | local dir | hub id>,optim=<conf/optim
+name>[,dtype=,max_length=,prefill_chunk=,score_chunk=,max_gen_toks=,add_bos_token=]`, e.g.
+`python -m ollm_bench lm-eval run --model ollm_cache --model_args model=gemma3_270m,optim=kv_int8 ...`.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -33,11 +37,15 @@ from lm_eval.models.utils import (
     resolve_max_length,
 )
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
+from tqdm import tqdm
 
 from ..errors import ConfigError
 from .scoring import forward, prefill, score_tail
 
 DEFAULT_MAX_LENGTH = 2048  # HFLM's fallback when neither config nor tokenizer states a length
+# `--model_args` keys: what to load and which method, then CacheInLoopLM's own knobs.
+MODEL_ARGS = ("model", "optim", "dtype", "max_length", "prefill_chunk", "score_chunk", "max_gen_toks", "add_bos_token")
+log = logging.getLogger(__name__)
 
 
 class _ArgmaxTap:
@@ -62,14 +70,13 @@ class _ArgmaxTap:
 class CacheInLoopLM(TemplateLM):
     """An lm-eval `LM` whose every score passes through `make_cache(config)`'s cache.
 
-    `attach(model)`, when given, is called once (e.g. an attention mechanism's `attach`), so the
-    same object can score a KV method, an attention method, or both. `route(model, context_text=,
-    seq_len=)`, when given, is called before every request with that request's context (a
-    content-aware router picks per request, as a server would).
+    `route(model, context_text=, seq_len=)`, when given, is called before every request with that
+    request's context (an attention mechanism attaches for it; a content-aware router picks per
+    request, as a server would). `for_method` wires both from a method of the registry.
     """
 
-    def __init__(self, model, tokenizer, make_cache: Callable, attach: Callable | None = None,
-                 route: Callable | None = None, max_length: int | None = None, prefill_chunk: int = 512, score_chunk: int = 64,
+    def __init__(self, model, tokenizer, make_cache: Callable, route: Callable | None = None,
+                 max_length: int | None = None, prefill_chunk: int = 512, score_chunk: int = 64,
                  max_gen_toks: int = 256, add_bos_token: bool | None = None, name: str = "ollm_cache"):
         super().__init__()
         if prefill_chunk < 1 or score_chunk < 1:
@@ -83,8 +90,32 @@ class CacheInLoopLM(TemplateLM):
         self.name = name
         self._max_length = int(max_length) if max_length else None
         self.route = route
-        if attach is not None:
-            attach(self.model)
+        self.method, self.router_choices = None, Counter()  # set by `for_method`
+
+    @classmethod
+    def for_method(cls, model, tokenizer, method, **kwargs) -> "CacheInLoopLM":
+        """Score through `method` (an instance from `ollm_bench.methods`): its cache, or the plain one
+        for methods that only hook the model; a method with `attach` (attention mechanisms, the
+        router, kvpress hooks) attaches per request. Call `detach()` when done."""
+        from ..methods import make_cache_fn
+
+        lm = cls(model, tokenizer, lambda config: make_cache_fn(method, config)(), **kwargs)
+        lm.method = method
+        if hasattr(method, "attach"):
+            lm.route = lm._attach_for_request
+        return lm
+
+    def _attach_for_request(self, model, context_text=None, seq_len=None) -> None:
+        # Plain mechanisms get no length: a window longer than a short request is full attention
+        # there, not the configuration error it is for a sweep. The router sees both.
+        routed = hasattr(self.method, "choose")
+        self.method.attach(model, context_text=context_text, seq_len=seq_len if routed else None)
+        if getattr(self.method, "last", None):
+            self.router_choices[self.method.last["choice"]] += 1
+
+    def detach(self) -> None:
+        if hasattr(self.method, "detach"):
+            self.method.detach(self.model)
 
     # --- what lm-eval asks of a TemplateLM -------------------------------------------------------
 
@@ -158,7 +189,7 @@ class CacheInLoopLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         out = []
-        for key, context_enc, continuation_enc in requests:
+        for key, context_enc, continuation_enc in tqdm(requests, disable=disable_tqdm, desc="loglikelihood"):
             if not context_enc or not continuation_enc:
                 raise ConfigError(f"loglikelihood request with an empty context or continuation: {key!r}")
             if len(continuation_enc) > self.max_length:
@@ -174,7 +205,7 @@ class CacheInLoopLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
-        for (string,) in [req.args for req in requests]:
+        for (string,) in tqdm([req.args for req in requests], disable=disable_tqdm, desc="loglikelihood_rolling"):
             # The same disjoint windows HFLM scores (context_len=1), each through a fresh cache.
             windows = [
                 (None, *make_disjoint_window(w))
@@ -183,7 +214,7 @@ class CacheInLoopLM(TemplateLM):
                     max_seq_len=self.max_length, context_len=1,
                 )
             ]
-            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows))
+            total = sum(ll for ll, _ in self._loglikelihood_tokens(windows, disable_tqdm=True))
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
             out.append(total)
         return out
@@ -209,7 +240,7 @@ class CacheInLoopLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         out = []
-        for context, gen_kwargs in [req.args for req in requests]:
+        for context, gen_kwargs in tqdm([req.args for req in requests], disable=disable_tqdm, desc="generate_until"):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             if kwargs.get("do_sample"):
                 raise ConfigError("ollm_cache decodes greedily only; the task asks for do_sample=True")
@@ -224,29 +255,61 @@ class CacheInLoopLM(TemplateLM):
             out.append(text)
         return out
 
-    # --- construction from lm-eval's `model_args` string -------------------------------------------
+    # --- construction from lm-eval's `--model_args` ------------------------------------------------
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "CacheInLoopLM":
-        """`model=<gemma3_270m | local dir | hub id>,optim=<conf/optim name>[,prefill_chunk=..]`."""
-        from ..methods import build_method, make_cache_fn, optim_names
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
-        from ..models import load_pretrained
+    @staticmethod
+    def check_model_args(arg_dict: dict | None) -> dict:
+        """MODEL_ARGS with model, optim and dtype filled in; an unknown key, optim or dtype is a
+        `ConfigError` here, before anything loads (a missing model is one in `load_pretrained`)."""
+        from ..methods import optim_names
+        from ..models import DTYPE_BY_NAME
 
-        args = simple_parse_args_string(arg_string)
-        args.update({k: v for k, v in (additional_config or {}).items() if k in ("max_length",) and v is not None})
-        source = args.pop("model", "gemma3_270m")
-        optim = args.pop("optim", "baseline")
-        if optim not in optim_names():
-            raise ConfigError(f"unknown optim {optim!r} for ollm_cache; choose one of {optim_names()}")
-        known = {"max_length", "prefill_chunk", "score_chunk", "max_gen_toks", "add_bos_token"}
-        unknown = set(args) - known
+        args = dict(arg_dict or {})
+        unknown = sorted(set(args) - set(MODEL_ARGS))
         if unknown:
-            raise ConfigError(f"unknown ollm_cache model_args {sorted(unknown)}; known: model, optim, {sorted(known)}")
-        loaded = load_pretrained(source)
-        method = build_method(optim)
-        make_cache = lambda config: make_cache_fn(method, config)()  # noqa: E731
-        return cls(loaded.model, loaded.tokenizer, make_cache, name=f"{source}/{optim}", **args)
+            raise ConfigError(f"unknown ollm_cache model_args {unknown}; known: {', '.join(MODEL_ARGS)}")
+        args.update({key: str(args.get(key, default)) for key, default in
+                     (("model", "gemma3_270m"), ("optim", "baseline"), ("dtype", "float32"))})
+        if args["optim"] not in optim_names():
+            raise ConfigError(f"unknown optim {args['optim']!r} for ollm_cache; choose one of {', '.join(optim_names())}")
+        if args["dtype"] not in DTYPE_BY_NAME:
+            raise ConfigError(f"unknown dtype {args['dtype']!r} for ollm_cache; choose one of {', '.join(DTYPE_BY_NAME)}")
+        return args
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "CacheInLoopLM":
+        """`arg_dict`: MODEL_ARGS (model defaults to gemma3_270m, optim to baseline);
+        `additional_config`: lm-eval's own `--device` and `--batch_size`."""
+        from ..methods import build_scoring_method
+        from ..models import DTYPE_BY_NAME, load_pretrained
+
+        args = cls.check_model_args(arg_dict)
+        extra = additional_config or {}
+        if str(extra.get("batch_size") or 1) != "1":
+            log.warning("ollm_cache scores one request at a time, each through its own cache: batch_size %s "
+                        "has no effect", extra["batch_size"])
+        source, optim, dtype = args.pop("model"), args.pop("optim"), args.pop("dtype")
+        method = build_scoring_method(optim)
+        loaded = load_pretrained(source, dtype=DTYPE_BY_NAME[dtype])
+        model = loaded.model.to(_device(extra.get("device")))
+        return cls.for_method(model, loaded.tokenizer, method, name=f"{source}/{optim}", **args)
+
+
+def _device(requested: str | None) -> torch.device:
+    """lm-eval's `--device` (its default is cuda:0); the CPU where CUDA is missing, as HFLM does."""
+    if not requested:
+        return torch.device("cpu")
+    if str(requested).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %s requested but CUDA is not available: using the CPU", requested)
+        return torch.device("cpu")
+    try:
+        return torch.device(requested)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {requested!r} for ollm_cache: {str(exc).splitlines()[0]}") from None
 
 
 __all__ = ["CacheInLoopLM"]

@@ -8,6 +8,11 @@ differences (a percentile bootstrap is not: at n = 2 it can only return the two 
 The t-interval is used at every n so that one method names every interval in every table
 (`CI_METHOD`). With fewer than 3 documents there is no interval at all.
 
+Paired 0/1 outcomes (accuracy, exact match) get Tango's score interval for the difference of
+paired proportions (`BINARY_CI_METHOD`) instead: a t- or bootstrap interval over 0/1 differences
+is [0, 0] whenever no document changes, however few there are; Tango's, built from the discordant
+counts and n, still says how large a change n documents cannot rule out (z^2 / (n + z^2) then).
+
 Gate (non-inferiority against a margin, 2 % by default): pass when the interval's upper end is at
 most the margin, fail when its lower end is above it, inconclusive otherwise. A compressed cache
 whose interval lies wholly below zero improved perplexity beyond noise: `flag_improvement` marks it
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CI_METHOD = "paired t-interval over documents"
+BINARY_CI_METHOD = "Tango score interval for paired proportions"
 ALPHA = 0.05
 POWER = 0.80
 MARGIN = 0.02
@@ -72,6 +78,30 @@ def paired_change(nll_method, nll_ref, n_tokens, alpha: float = ALPHA) -> Paired
     half = _t(1 - alpha / 2, n - 1) * sd / math.sqrt(n)
     mde = (_t(1 - alpha / 2, n - 1) + _t(POWER, n - 1)) * sd / math.sqrt(n)
     return PairedChange(n, math.expm1(mean), math.expm1(mean - half), math.expm1(mean + half), sd, math.expm1(mde))
+
+
+def paired_binary_interval(ref, method, alpha: float = ALPHA) -> tuple[float, float, float]:
+    """(point, low, high) of mean(ref) - mean(method) over paired 0/1 outcomes, Tango (1998):
+    every difference whose score test (variance from the constrained ML estimate) keeps it."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    r, m = np.asarray(ref, float), np.asarray(method, float)
+    if len(r) != len(m) or len(r) == 0 or not set(np.unique(np.r_[r, m])) <= {0.0, 1.0}:
+        raise ValueError("a paired binary comparison needs the same documents on both sides, each 0 or 1")
+    n, z = len(r), float(norm.ppf(1 - alpha / 2))
+    lost, gained = int(((r == 1) & (m == 0)).sum()), int(((r == 0) & (m == 1)).sum())
+
+    def score(d: float) -> float:
+        b = -lost - gained + (2 * n - lost + gained) * d
+        p21 = (math.sqrt(max(b * b + 8 * n * gained * d * (1 - d), 0.0)) - b) / (4 * n)
+        num, var = lost - gained - n * d, n * (2 * p21 + d * (1 - d))
+        return 0.0 if num == 0 else num / math.sqrt(var) if var > 0 else math.copysign(math.inf, num)
+
+    point, edge = (lost - gained) / n, 1 - 1e-12  # the score falls as d grows; 0 at the point
+    low = -1.0 if score(-edge) <= z else brentq(lambda d: score(d) - z, -edge, point, xtol=1e-10)
+    high = 1.0 if score(edge) >= -z else brentq(lambda d: score(d) + z, point, edge, xtol=1e-10)
+    return point, low, high
 
 
 def gate_verdict(ci_low: float, ci_high: float, margin: float = MARGIN) -> str:

@@ -7,10 +7,12 @@ Each optim is built from `conf/optim/<name>.yaml`, as in sweeps (the router with
 routing every request by its own text). Per-document scores accumulate in
 `results/quality/samples.jsonl`: an (optim, task) already there with the same `limit` is skipped,
 each finished one is saved at once, and `results/quality/tasks.csv` (one row per optim x task x
-metric) is rebuilt from all of them, so deltas are paired over the same documents:
-- accuracy metrics (acc, exact_match): drop in points, gate passes if the CI's upper end <= 2 points;
-- perplexity metrics: ppl_opt / ppl_base - 1, gate passes if the CI's upper end <= 2 %.
-Both with a 95 % bootstrap CI over documents (DESIGN.md's gate).
+metric) is rebuilt from all of them, so losses are paired over the same documents
+(`evaluate/paired.py`, shared with `python -m ollm_bench lm-eval compare`):
+- accuracy metrics (acc, exact_match): drop in points, 95 % Tango score interval for paired
+  proportions; gate passes if its upper end <= 2 points;
+- perplexity metrics: relative change exp(mean per-unit log-ratio) - 1, 95 % paired t-interval
+  over documents; gate passes if its upper end <= 2 %.
 """
 
 from __future__ import annotations
@@ -20,64 +22,13 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError
-from .stats import gate_verdict
+from .paired import aggregate, format_loss, paired_loss, per_doc
+from .stats import BINARY_CI_METHOD, CI_METHOD
 
 DEFAULT_TASKS = ("ollm_cloze_prose", "ollm_niah_1k", "ollm_rolling_prose", "ollm_rolling_code")
-ACCURACY = ("acc", "exact_match")
-ITERS = 2000
-
-
-def _per_doc(samples: list[dict]) -> dict[str, dict[int, object]]:
-    """metric -> doc_id -> value (scalar, or (loglikelihood, units) for perplexities)."""
-    out: dict[str, dict[int, object]] = {}
-    for s in samples:
-        for metric in s["metrics"]:
-            value = s[metric]
-            out.setdefault(metric, {})[int(s["doc_id"])] = list(value) if isinstance(value, tuple) else float(value)
-    return out
-
-
-def _aggregate(metric: str, values: list) -> float:
-    if metric in ACCURACY:
-        return float(np.mean(values))
-    if values and isinstance(values[0], list):  # (loglikelihood, units): corpus-level as lm-eval does
-        ll, units = map(np.sum, zip(*values))
-        return float(-ll / units / math.log(2)) if metric == "bits_per_byte" else float(math.exp(-ll / units))
-    return float(math.exp(-np.mean(values)))  # per-document loglikelihoods (cloze perplexity)
-
-
-def paired_delta(metric: str, opt: dict[int, object], base: dict[int, object], seed: int = 0):
-    """(point, ci_low, ci_high) of the quality loss: points for accuracy, relative for perplexity."""
-    docs = sorted(set(opt) & set(base))
-    if not docs:
-        raise ConfigError(f"no common documents to compare for metric {metric}")
-    idx = np.random.default_rng(seed).integers(0, len(docs), size=(ITERS, len(docs)))
-
-    def loss(sel):
-        o = _aggregate(metric, [opt[docs[i]] for i in sel])
-        b = _aggregate(metric, [base[docs[i]] for i in sel])
-        if metric in ACCURACY:
-            return 100 * (b - o)
-        return (o / b - 1) if metric != "bits_per_byte" else (2 ** (o - b) - 1)
-
-    point = loss(range(len(docs)))
-    boots = np.array([loss(row) for row in idx])
-    return point, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-
-
-def load_method(name: str):
-    """The optimization as the sweeps configure it (conf/optim/<name>.yaml); a router is judged on
-    what it learned, so it does not explore here."""
-    from ..methods import build_method
-
-    method = build_method(name)
-    if hasattr(method, "exploration"):
-        method.exploration = 0.0
-    return method
 
 
 def task_max_length(task: str, max_gen_toks: int = 16) -> int:
@@ -131,15 +82,13 @@ def _table(entries: list[dict], device: str) -> pd.DataFrame:
     for e in entries:
         for metric, docs in e["per_doc"].items():
             row = {"optim": e["optim"], "task": e["task"], "metric": metric, "n_docs": len(docs),
-                   "value": _aggregate(metric, list(docs.values())), "limit": e["limit"],
+                   "value": aggregate(metric, list(docs.values())), "limit": e["limit"],
                    "device": e.get("device", device), "started_at": e.get("started_at", ""),
                    "router_choices": json.dumps(e["router_choices"]) if e.get("router_choices") else ""}
             if e["optim"] != "baseline" and e["task"] in base:
-                point, lo, hi = paired_delta(metric, docs, base[e["task"]]["per_doc"][metric])
-                unit = 100.0 if metric in ACCURACY else 1.0  # gate budget: 2 points or 2 %
-                row.update(loss=point, loss_ci_low=lo, loss_ci_high=hi,
-                           loss_unit="points" if metric in ACCURACY else "relative",
-                           gate=gate_verdict(lo / unit, hi / unit))
+                loss = paired_loss(metric, docs, base[e["task"]]["per_doc"][metric])
+                row.update(loss=loss.point, loss_ci_low=loss.low, loss_ci_high=loss.high, loss_unit=loss.unit,
+                           loss_ci_method=loss.interval, gate=loss.gate())
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -148,7 +97,6 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     """Run each (optim, task) not already stored with the same `limit` (or all, with `force`),
     saving after each, then rebuild `tasks.csv` from every stored result."""
     import os
-    from collections import Counter
 
     import torch
     from tqdm import tqdm
@@ -158,13 +106,14 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from .lm_eval_model import CacheInLoopLM
+    from ..methods import build_scoring_method
     from ..run.environment import device_name
     from ..models import load_pretrained
     from ..tasks import check_tasks, evaluate, task_manager
 
     if "baseline" not in optims:
         optims = ["baseline", *optims]
-    methods = {name: load_method(name) for name in optims}
+    methods = {name: build_scoring_method(name) for name in optims}
     check_tasks(tasks, task_manager())
     out_dir = Path(results_dir) / "quality"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,31 +126,15 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
         torch.set_flush_denormal(True)
         lm = load_pretrained("gemma3_270m")
     for optim, task in tqdm(todo, desc="suite=quality", unit="task"):
-        method = methods[optim]
-        from ..methods import make_cache_fn
-
-        make_cache = lambda config, method=method: make_cache_fn(method, config)()  # noqa: E731
-        attach = getattr(method, "attach", None)
-        choices = Counter()
-
-        def route(model, context_text=None, seq_len=None, method=method, choices=choices):
-            # Per request, as a server would: the router classifies this request's text and length.
-            # Plain mechanisms get no length: a window longer than a short request is full attention
-            # there, not the configuration error it is for a sweep.
-            method.attach(model, context_text=context_text, seq_len=seq_len if hasattr(method, "choose") else None)
-            if getattr(method, "last", None):
-                choices[method.last["choice"]] += 1
-
-        model = CacheInLoopLM(lm.model, lm.tokenizer, make_cache, route=route if attach else None,
-                              max_length=task_max_length(task))
+        # Every request routed by its own text, as a server would (CacheInLoopLM.for_method).
+        model = CacheInLoopLM.for_method(lm.model, lm.tokenizer, methods[optim], max_length=task_max_length(task))
         try:
             result = evaluate(model, [task], limit=limit, log_samples=True)
         finally:
-            if attach is not None:
-                method.detach(lm.model)
+            model.detach()
         entry = {"optim": optim, "task": task, "limit": limit, "device": device,
                  "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "router_choices": dict(choices), "per_doc": _per_doc(result["samples"][task])}
+                 "router_choices": dict(model.router_choices), "per_doc": per_doc(result["samples"][task])}
         entries = _save_entry(samples_path, entry)
         print(f"[ollm_bench] {optim} / {task} done", flush=True)
     table = _table(entries, device)
@@ -224,11 +157,9 @@ def quality_markdown(table: pd.DataFrame) -> str:
     for r in t.itertuples():
         loss = ""
         if isinstance(r.loss, float) and not math.isnan(r.loss):
-            if r.loss_unit == "points":
-                loss = f"{r.loss:+.1f} pts [{r.loss_ci_low:+.1f}, {r.loss_ci_high:+.1f}]"
-            else:
-                loss = f"{100 * r.loss:+.2f}% [{100 * r.loss_ci_low:+.2f}, {100 * r.loss_ci_high:+.2f}]"
+            loss = format_loss(r.loss, r.loss_ci_low, r.loss_ci_high, r.loss_unit)
         gate = r.gate if isinstance(r.gate, str) else ""
         picks = r.router_choices if isinstance(r.router_choices, str) else ""
         lines.append(f"| {r.optim} | {r.task} | {r.metric} | {r.n_docs} | {r.value:.3f} | {loss} | {gate} | {picks} |")
+    lines += ["", f"Intervals: accuracy, {BINARY_CI_METHOD}; perplexity, {CI_METHOD} (`ollm_bench/evaluate/paired.py`)."]
     return "\n".join(lines)

@@ -81,6 +81,27 @@ def load_task_data(filename: str):
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
+def load_wikitext_data(path: str | None = None):
+    """WikiText-2's articles (test.txt -> `test`, valid.txt -> `validation`) as `{"page": text}` rows,
+    the field lm-eval's own `wikitext` task scores, from the local folder `path` or
+    $OLLM_BENCH_WIKITEXT. Never the hub: this is the offline twin of lm-eval's `wikitext`."""
+    import datasets
+
+    from ..data import WIKITEXT_ENV, source_items, wikitext_dir
+
+    folder = wikitext_dir(path)
+    if folder is None:
+        raise ConfigError(f"task ollm_wikitext2 reads a local WikiText-2: set ${WIKITEXT_ENV} (or --metadata "
+                          "wikitext_path=DIR) to a folder with its test.txt and valid.txt; online, lm-eval's own "
+                          "`wikitext` task downloads it")
+    try:
+        splits = {name: [{"page": page} for page in source_items("wikitext", str(folder), split)]
+                  for name, split in (("test", "test"), ("validation", "valid"))}
+    except DataError as exc:
+        raise ConfigError(f"task ollm_wikitext2: {exc}") from None
+    return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+
+
 def task_manager(include_defaults: bool = False):
     from lm_eval.tasks import TaskManager
 
@@ -111,4 +132,5 @@ def evaluate(lm, tasks: list[str], limit: int | float | None = None, **kwargs) -
     return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, **kwargs)
 
 
-__all__ = ["TASK_DIR", "check_tasks", "evaluate", "load_task_data", "task_manager", "task_names", "validate_rows"]
+__all__ = ["TASK_DIR", "check_tasks", "evaluate", "load_task_data", "load_wikitext_data", "task_manager", "task_names",
+           "validate_rows"]

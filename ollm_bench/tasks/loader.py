@@ -7,7 +7,7 @@ absolute path or the working directory, which is what `dataset_path: json` alone
 
 from __future__ import annotations
 
-from ollm_bench.tasks import load_task_data
+from ollm_bench.tasks import load_task_data, load_wikitext_data
 
 
 def load(data_files: dict | None = None, **_ignored):
@@ -15,3 +15,9 @@ def load(data_files: dict | None = None, **_ignored):
     if not data_files or set(data_files) != {"test"}:
         raise ValueError(f"ollm task YAML must give dataset_kwargs.data_files {{test: <task>.jsonl}}, got {data_files!r}")
     return load_task_data(data_files["test"])
+
+
+def load_wikitext(wikitext_path: str | None = None, **_ignored):
+    """`ollm_wikitext2`: the folder comes from the task's metadata or dataset_kwargs (`wikitext_path`),
+    else $OLLM_BENCH_WIKITEXT."""
+    return load_wikitext_data(wikitext_path)
