@@ -194,6 +194,11 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
         else:
             cache = make_cache_fn(method, config)()
             prefill, step = _eager_driver(model, cache, sc.prefill_chunk)
+        # Warm-up forward through a throwaway cache of the same method: lazy CUDA/cuBLAS set-up and
+        # kernel selection would otherwise land in the first prefill's time.
+        from ..evaluate.scoring import forward
+
+        forward(model, ids[:, : min(64, ids.shape[1])], make_cache_fn(method, config)(), logits_to_keep=1)
         prefill_ms = gt.time_once(lambda: prefill(ids), device)
         kv_read = kv_context = _filled_kv_bytes(cache)  # after the prefill: the context a decode step reads
         samples = []
