@@ -22,7 +22,10 @@ def _replacing_values(fill: float):
 
 @dataclass
 class ZeroValuesKV(KVCacheMethod):
-    """Stores every value as zeros: attention outputs vanish."""
+    """Stores every value as zeros: attention outputs vanish. (`kernel` is accepted so it can stand
+    in for a method whose YAML sets one.)"""
+
+    kernel: str = "torch"
 
     def make_cache(self, config):
         return _replacing_values(0.0)(config)
@@ -70,3 +73,27 @@ class OomKilledKV(KVCacheMethod):
         with open(path, "w") as fh:
             fh.write(f"oom 0\noom_kill {count + 1}\n")
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class LeakyAttention:
+    """Drops the causal mask on every layer: a token attends to the later tokens of its own chunk,
+    a leak of future tokens. Whether it lowers or raises perplexity depends on the model; the
+    regression gate must flag the change either way."""
+
+    kernel: str = "torch"  # accepted, so it can stand in for a method whose YAML sets one
+
+    def attach(self, model, **_):
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        def leaky(module, query, key, value, attention_mask, **kwargs):
+            kwargs["is_causal"] = False
+            return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+        AttentionInterface.register("leaky_sdpa", leaky)
+        self.previous = model.config._attn_implementation
+        model.set_attn_implementation("leaky_sdpa")
+
+    def detach(self, model):
+        model.set_attn_implementation(self.previous)

@@ -53,3 +53,25 @@ def test_bad_references(cli, reference, tmp_path):
     (no_base / "g" / "runs.csv").write_text("".join([lines[0]] + [l for l in lines[1:] if ",baseline," not in l]))
     proc = gate(cli, no_base, "run=false", f"results_dir={reference}")
     assert proc.returncode == 2 and "no baseline rows" in proc.stderr
+
+
+def test_a_leak_of_future_tokens_is_flagged(cli, reference):
+    proc = gate(cli, reference, "optim.method._target_=tests.broken_caches.LeakyAttention", check=1)
+    assert "perplexity" in proc.stderr and "baseline" in proc.stderr
+
+
+def test_lower_perplexity_is_a_regression_too(reference):
+    """A change that lowers perplexity beyond noise (what a leak into a real model's cache does:
+    the answer is already there) fails the gate as surely as a rise: the gate is two-sided."""
+    import pandas as pd
+
+    from ollm_bench.report.gate import compare
+    from ollm_bench.run.store import ResultStore
+
+    ref = ResultStore(reference / "g" / "runs.csv").read()
+    better = ref.copy()
+    better["doc_nll"] = better.doc_nll.map(lambda nll: [x * 0.95 for x in nll])
+    result = compare(better, ref)
+    assert not result.passed and all("better" in r for r in result.regressions)
+    same = compare(pd.concat([ref]), ref)
+    assert same.passed and same.checked == 2

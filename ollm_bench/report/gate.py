@@ -8,6 +8,9 @@ Regressions (each printed with its numbers):
   ppl_new / ppl_ref - 1 lies wholly above +`ppl_tol` or wholly below -`ppl_tol` (default 0.5 %).
   Worse is a regression; better is one too, since a cache that leaks future tokens scores better
   than it should, and a compressed cache that improves perplexity is a bug until explained.
+- any single document's perplexity moves by more than `doc_tol` (default 1 %) either way: on the
+  same machine class and code a rerun is deterministic, so a per-document change is a change of
+  behaviour even when the changes of several documents cancel out in the mean;
 - the documents differ from the reference's (their hashes): the comparison would not be paired.
 CPU runs are deterministic for the same code and documents, so identical reruns give exactly 0.
 The reference must come from the same machine class (the GPU model, or any CPU; torch and
@@ -73,7 +76,8 @@ def check_same_machine(current: pd.DataFrame, reference: pd.DataFrame) -> None:
                          "pass its folder as reference=")
 
 
-def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.001, ppl_tol: float = 0.005) -> GateResult:
+def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.001, ppl_tol: float = 0.005,
+            doc_tol: float = 0.01) -> GateResult:
     for field in ("suite", "model"):
         ref_vals, cur_vals = set(reference[field].dropna()), set(current[field].dropna())
         if not cur_vals <= ref_vals:
@@ -107,10 +111,24 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.00
                 regressions.append(f"{label}: perplexity {cur.ppl:.4f} vs reference {ref.ppl:.4f}, {way}: "
                                    f"{100 * ch.point:+.2f}%, 95% CI [{100 * ch.low:+.2f}%, {100 * ch.high:+.2f}%] "
                                    f"beyond ±{100 * ppl_tol}% ({CI_METHOD}, n={ch.n})")
+            elif (moved := _moved_documents(cur, ref, doc_tol)):
+                regressions.append(f"{label}: {len(moved)} document(s) moved beyond ±{100 * doc_tol:g}% "
+                                   f"(per-document perplexity change: {', '.join(moved)}), mean {100 * ch.point:+.2f}%")
             elif ch.n < 3 and abs(ch.point) > ppl_tol:
                 regressions.append(f"{label}: perplexity {100 * ch.point:+.2f}% vs reference with n={ch.n} documents "
                                    "(too few for an interval; any change beyond tolerance counts)")
     return GateResult(checked, regressions)
+
+
+def _moved_documents(cur, ref, doc_tol: float) -> list[str]:
+    import math
+
+    out = []
+    for i, (a, b) in enumerate(zip(cur.doc_nll, ref.doc_nll)):
+        change = math.expm1((a - b) / cur.scored_tokens)
+        if abs(change) > doc_tol:
+            out.append(f"doc {i} {100 * change:+.2f}%")
+    return out
 
 
 def run_gate(current_dir: Path, reference_dir: Path, kv_tol: float, ppl_tol: float) -> GateResult:
