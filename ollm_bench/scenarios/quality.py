@@ -42,7 +42,7 @@ class QualityScenario(Scenario):
     score_tokens: Optional[int] = None  # last tokens of each document scored from the cache; None: auto
     prefill_chunk: int = 512
     score_chunk: int = 128
-    decode_tokens: int = 16
+    decode_tokens: int = 4
     warmup_tokens: int = 64
 
     def __post_init__(self):
