@@ -23,6 +23,7 @@ from .kv_kivi import KiviKV
 from .kv_mixed import MixedPrecisionKV
 from .kv_pattern import PatternAwareKV
 from .kv_press import KVPressPeer
+from .kv_press_format import PressedFormatKV
 from .kv_static import StaticStoreCache
 from .kv_temporal import TemporalKV
 from .predictive_memory import PredictiveMemoryManager
@@ -38,6 +39,7 @@ __all__ = [
     "NativeSlidingWindowAttention",
     "MixedPrecisionKV",
     "PatternAwareKV",
+    "PressedFormatKV",
     "TemporalKV",
     "AttentionRouter",
     "BlockSparseAttention",

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 from transformers import PretrainedConfig
-from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 from .fused_attention import KernelChoice
 
@@ -84,6 +84,8 @@ def _tensors(obj, seen: set[int]) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from _tensors(item, seen)
+    elif isinstance(obj, CacheLayerMixin):  # a layer that keeps its tokens in an inner layer
+        yield from _tensors(vars(obj), seen)
 
 
 def cache_nbytes(cache: Cache) -> int:
@@ -113,6 +115,8 @@ def named_tensors(obj, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             yield from named_tensors(v, f"{prefix}[{i}]")
+    elif isinstance(obj, CacheLayerMixin):  # a layer that keeps its tokens in an inner layer
+        yield from named_tensors(vars(obj), prefix)
 
 
 def storage_report(cache: Cache) -> dict:
