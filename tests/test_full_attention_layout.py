@@ -170,8 +170,8 @@ def test_kvpress_evicts_half_of_every_layer(llama, ids, reference, name):
     kept_fp32 = LAYERS * 2 * BATCH * KV_HEADS * (LENGTH - CONTEXT // 2) * HEAD_DIM * 4
     if name.startswith("kvpress_"):  # the peers keep the kept tokens in the model's fp32
         assert cache_nbytes(cache) == kept_fp32
-    else:  # ours stores them compressed (kv_press_format): at most a quarter of that
-        assert cache_nbytes(cache) < kept_fp32 / 4
+    else:  # ours: 16-bit windows, the rest compressed (here the windows hold nearly everything)
+        assert cache_nbytes(cache) <= kept_fp32 / 2
     torch.testing.assert_close(out[:, :CONTEXT], reference[:, :CONTEXT])  # the prefill itself saw everything
     assert rel_err(out[:, CONTEXT:], reference[:, CONTEXT:]) <= PRESS_TOL[name]
 
