@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not (WIKITEXT / "valid.txt").exists(), reason=f"
 
 def test_calibration_runs_on_the_valid_split_and_picks_within_budget(cli, tmp_path):
     spec = {"optim": "kv_adaptive", "models": ["tiny_random"], "seq_len": 96, "n_docs": 3, "budget": 0.5,
-            "overrides": [a for a in TINY if a.startswith(("model.", "scenario."))],
+            "overrides": [a for a in TINY if a.startswith(("model.", "scenario."))] + ["runner.isolation=inline"],
             "candidates": [{"max_error": 0.001}, {"max_error": 10.0}]}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -109,6 +109,6 @@ def test_no_two_documents_of_a_cell_share_text_on_the_real_sources(gemma_tokeniz
 def gemma_tokenizer():
     from transformers import AutoTokenizer
 
-    from ollm_bench.models import gemma3_270m_dir
+    from ollm_bench.models import packaged_model_dir
 
-    return AutoTokenizer.from_pretrained(str(gemma3_270m_dir()))
+    return AutoTokenizer.from_pretrained(str(packaged_model_dir("gemma3_270m")))

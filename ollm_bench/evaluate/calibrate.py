@@ -112,9 +112,9 @@ def write_choice(optim: str, params: dict, evidence: str) -> Path:
 def calibrate(optim: str, results_dir: Path, write: bool = True, spec_path: Path | None = None) -> str:
     spec = load_spec(optim, spec_path)
     results_dir = Path(results_dir)
-    _sweep(spec, "baseline", {}, results_dir)
-    for cand in spec["candidates"]:
+    for cand in spec["candidates"]:  # first: a candidate the method refuses stops before any baseline work
         _sweep(spec, optim, cand, results_dir)
+    _sweep(spec, "baseline", {}, results_dir)
     df = ResultStore(results_dir / "calibration" / "runs.csv").read()
     chosen, table, met = choose(summarize(df), spec, optim)
     rel = f"results/calibration/{optim}.md"
