@@ -74,7 +74,8 @@ def plot_decode(s: pd.DataFrame, path: Path) -> bool:
             floor = m.bytes_per_step / (m.copy_gbps * 1e9) * 1e3
             if optim == "baseline" and floor.notna().any():
                 ax.plot(m.seq_len, floor, color="k", ls="--", lw=0.8, label="bandwidth floor (baseline bytes)")
-        ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="decode step (ms)",
+        ax.set(xscale="log", yscale="log", xlabel="context length (tokens)",
+               ylabel="one layer's decode attention (ms)" if mode == "kernel" else "decode step (ms)",
                title=f"{model} · {mode} · batch {int(batch)}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
