@@ -35,15 +35,16 @@ class FormatKV(KVCacheMethod):
     residual: int = 128
     sinks: int = 4
     name: str = "kv_format"
+    allow_reversed: bool = False  # ablation rows only: keys less precise than values, to measure that choice
 
     def __post_init__(self):
         self.key, self.value = tuple(self.key), tuple(self.value)
         bits = {"fp8": 8}
         kb = bits.get(self.key[0], self.key[1] if len(self.key) > 1 else None)
         vb = bits.get(self.value[0], self.value[1] if len(self.value) > 1 else None)
-        if kb is not None and vb is not None and int(kb) < int(vb):
+        if kb is not None and vb is not None and int(kb) < int(vb) and not self.allow_reversed:
             raise ValueError(f"{self.name}: keys at {kb} bits are less precise than values at {vb} bits; "
-                             "keys need at least the values' precision")
+                             "keys need at least the values' precision (allow_reversed=true for an ablation row)")
         if self.sinks < 0:
             raise ValueError(f"{self.name}: sinks must be >= 0, got {self.sinks}")
 
