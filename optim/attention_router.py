@@ -110,8 +110,9 @@ class AttentionRouter:
             random.Random(self.seed).shuffle(order)
         self._rank = {n: i for i, n in enumerate(order)}  # tie-break: lower rank wins
         self.mechanisms = {n: make_mechanism(n, **dict(self.candidate_params.get(n, {}))) for n in self.candidates}
-        if not (self.quality_budget >= 0 and self.accuracy_budget >= 0):
-            raise ValueError(f"attn_router: quality_budget must be >= 0, got {self.quality_budget!r}")
+        for budget in ("quality_budget", "accuracy_budget"):
+            if not getattr(self, budget) >= 0:
+                raise ValueError(f"attn_router: {budget} must be >= 0, got {getattr(self, budget)!r}")
         if not (isinstance(self.min_observations, int) and self.min_observations >= 1):
             raise ValueError(f"attn_router: min_observations must be an integer >= 1, got {self.min_observations!r}")
         if self.force is not None and self.force not in self.mechanisms:
