@@ -98,8 +98,12 @@ def calibrate_router(router, tasks: list[str], n: int, judged: int, get_lm: Call
                      force: bool = False) -> str:
     """Measure the router's candidates on `n` calibration requests per task (see the module
     docstring), teach the router, and return the digest of the history it learned."""
+    import torch
+
+    from ..run.environment import device_name
     from ..tasks import calibration_task, declared_kind
 
+    device = device_name(torch.device("cpu"))  # CPU numerics differ across machines: pair like with like
     out_dir = Path(results_dir) / "quality"
     out_dir.mkdir(parents=True, exist_ok=True)
     store = out_dir / "calibration.jsonl"
@@ -115,7 +119,7 @@ def calibrate_router(router, tasks: list[str], n: int, judged: int, get_lm: Call
         for doc in range(summary[task]["calibration_rows"]):
             for mech_name in ["attn_full", *(m for m in router.candidates if m != "attn_full")]:
                 stored = {(e["optim"], e["task"]): e for e in entries}
-                entry = stored.get((mech_name, name)) or {"optim": mech_name, "task": name, "limit": None,
+                entry = stored.get((mech_name, name)) or {"optim": mech_name, "task": name, "limit": None, "device": device,
                                                           "per_doc": {}, "contexts": {}, "stopped": None}
                 if str(doc) in entry["contexts"] or entry["stopped"]:
                     continue
