@@ -43,10 +43,12 @@ def build_method(name: str, **overrides):
 
 def build_scoring_method(name: str):
     """`build_method(name)` for quality scoring: a router is judged on what it learned, so it does
-    not explore there."""
+    not explore there, and every request kind needs measured proof."""
     method = build_method(name)
     if hasattr(method, "exploration"):
         method.exploration = 0.0
+    if hasattr(method, "proven_only"):
+        method.proven_only = True
     return method
 
 

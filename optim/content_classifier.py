@@ -7,10 +7,11 @@ recent paragraphs, code refers back to definitions far away, records repeat a sc
 The model is transparent: 20 features computed in one pass over at most `MAX_CHARS` characters
 (zlib compressibility, character classes, indentation, brackets, repeated line templates and
 word 4-grams, line-length statistics), standardized with fixed means/scales, then a linear
-softmax with fixed coefficients. The constants below were fitted by
-`python -m optim.content_samples --fit` (multinomial logistic regression, L2, deterministic full-
-batch gradient descent) on labeled samples from the training half of each source; the same
-script reports held-out accuracy on other files and on text from other sources.
+softmax. The means, scales, weights and biases are data, `content_classifier.json` beside this
+file, loaded at import: scikit-learn's multinomial logistic regression fitted by
+`python -m optim.content_samples --fit` (`optim/content_fit.py`) on labeled samples from the
+training half of each source. The JSON records that command and the held-out accuracy on other
+files and on text from other sources.
 """
 
 from __future__ import annotations
@@ -122,17 +123,19 @@ def features(text: str) -> list[float]:
     ]
 
 
-# ---- fitted constants (python -m optim.content_samples --fit) --------------------------------
-MEANS = [0.3695, 0.5757, 0.07841, 0.19804, 0.04816, 0.01434, 0.03086, 0.03067, 0.40723, 0.18052, 0.2611, 0.22958, 0.05348, 3.98616, 0.39971, 0.14869, 0.20813, 0.97656, 0.12621, 0.43164]
-SCALES = [0.11439, 0.19379, 0.14189, 0.08163, 0.03933, 0.01292, 0.05471, 0.03694, 0.42155, 0.37807, 0.46379, 0.33538, 0.09208, 0.59789, 0.19044, 0.31435, 0.13433, 4.03417, 0.30999, 0.35862]
-WEIGHTS = {
-    'code': [0.03005, 0.36215, -0.479, -0.10805, -0.00743, 0.29025, 0.10731, -0.27604, 0.37492, -0.25125, 0.06998, -0.49891, 0.15132, -0.54131, 0.22719, 0.07536, 0.16847, -0.25595, -0.15371, 0.90559],
-    'prose': [0.59581, 0.31813, -0.24848, -0.07986, 0.2112, -0.38171, -0.19618, -0.17517, -0.03823, 0.41194, 0.29769, -0.35699, -0.31565, 0.28893, -0.41241, -0.18177, 0.41314, -0.00529, -0.16205, -0.97766],
-    'structured': [-0.06191, -0.67489, 0.36327, 0.39891, -0.00728, 0.19381, 0.33994, 0.66882, -0.03196, -0.03089, -0.19932, 0.2143, -0.11927, 0.22777, 0.57962, 0.50211, -0.40795, 0.30983, 0.48171, 0.16333],
-    'repetitive': [-0.56396, -0.00538, 0.3642, -0.211, -0.19648, -0.10236, -0.25106, -0.21761, -0.30472, -0.1298, -0.16835, 0.64161, 0.2836, 0.0246, -0.3944, -0.3957, -0.17365, -0.04858, -0.16594, -0.09126],
-}
-BIASES = {'code': 1.5072, 'prose': 0.40916, 'structured': -0.94154, 'repetitive': -0.97483}
-# ---- end of fitted constants -----------------------------------------------------------------
+# ---- fitted model: data beside the code (optim/content_fit.py writes it) -------------------------
+def load_model(path: str | None = None) -> dict:
+    """The fitted model (content_classifier.json); raises if it was fitted on other classes or features."""
+    from .content_fit import MODEL_PATH, read_model
+
+    model = read_model(path or MODEL_PATH)
+    if tuple(model["classes"]) != CLASSES or tuple(model["features"]) != FEATURES:
+        raise ValueError(f"{path or MODEL_PATH} was fitted on other classes/features; refit: {model.get('command')}")
+    return model
+
+
+MODEL = load_model()
+MEANS, SCALES, WEIGHTS, BIASES = MODEL["means"], MODEL["scales"], MODEL["weights"], MODEL["biases"]
 
 
 @dataclass(frozen=True)
@@ -168,4 +171,4 @@ def classify(text: str) -> Classification:
     return Classification(label, probs, dict(zip(FEATURES, x)))
 
 
-__all__ = ["CLASSES", "FEATURES", "Classification", "classify", "features"]
+__all__ = ["CLASSES", "FEATURES", "MODEL", "Classification", "classify", "features", "load_model", "softmax_scores"]

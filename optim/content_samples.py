@@ -1,7 +1,7 @@
 """Labeled text samples for the content classifier, its fitting routine and its held-out accuracy.
 
-    python -m optim.content_samples            # held-out accuracy of the shipped coefficients
-    python -m optim.content_samples --fit      # refit and rewrite the constants in content_classifier.py
+    python -m optim.content_samples            # accuracy of the shipped model on every split
+    python -m optim.content_samples --fit      # refit (optim/content_fit.py), rewrite content_classifier.json
 
 Sources (all real text shipped by installed packages, except the log lines and the JSON generator):
   code        Python stdlib modules (PSF licence); sorted top-level files, even index -> train, odd -> test
@@ -233,69 +233,37 @@ def evaluate(pairs: list[tuple[str, str]], predict) -> tuple[float, int, dict]:
     return correct / max(len(pairs), 1), len(pairs), confusion
 
 
-def fit(pairs: list[tuple[str, str]], steps: int = 3000, lr: float = 0.5, l2: float = 1e-2):
-    """Multinomial logistic regression on standardized features; deterministic (zero init, full batch)."""
-    import numpy as np
+def report(pairs: list[tuple[str, str]], predict) -> dict:
+    """Accuracy, n, samples per class and the confusions of `predict` on `pairs` (JSON-able)."""
+    from .content_classifier import CLASSES
 
-    from .content_classifier import CLASSES, features
-
-    x = np.array([features(t) for t, _ in pairs], dtype=np.float64)
-    y = np.array([CLASSES.index(label) for _, label in pairs])
-    means, scales = x.mean(0), x.std(0) + 1e-9
-    z = (x - means) / scales
-    w, b = np.zeros((z.shape[1], len(CLASSES))), np.zeros(len(CLASSES))
-    onehot = np.eye(len(CLASSES))[y]
-    # Class weights: every class counts the same however many samples its sources yield.
-    cw = (len(y) / (len(CLASSES) * np.bincount(y, minlength=len(CLASSES))))[y][:, None]
-    for _ in range(steps):
-        logits = z @ w + b
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        g = cw * (p - onehot) / len(y)
-        w -= lr * (z.T @ g + l2 * w)
-        b -= lr * g.sum(0)
-    return means.tolist(), scales.tolist(), {c: w[:, i].tolist() for i, c in enumerate(CLASSES)}, {c: float(b[i]) for i, c in enumerate(CLASSES)}
-
-
-def write_constants(means, scales, weights, biases) -> str:
-    path = os.path.join(os.path.dirname(__file__), "content_classifier.py")
-    src = open(path, encoding="utf-8").read()
-    r = lambda v: [round(float(a), 5) for a in v]  # noqa: E731
-    block = (
-        f"MEANS = {r(means)}\nSCALES = {r(scales)}\n"
-        f"WEIGHTS = {{\n" + "".join(f"    {c!r}: {r(w)},\n" for c, w in weights.items()) + "}\n"
-        f"BIASES = {{{', '.join(f'{c!r}: {round(v, 5)}' for c, v in biases.items())}}}\n"
-    )
-    start = src.index("MEANS = ")
-    end = src.index("# ---- end of fitted constants")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(src[:start] + block + src[end:])
-    return path
+    acc, n, conf = evaluate(pairs, predict)
+    return {"accuracy": round(acc, 4), "n": n,
+            "per_class": {c: sum(v for (a, _), v in conf.items() if a == c) for c in CLASSES},
+            "errors": {f"{a}->{b}": v for (a, b), v in sorted(conf.items()) if a != b}}
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fit", action="store_true", help="refit on the train split and rewrite the constants")
-    args = ap.parse_args(argv)
-    if args.fit:
-        train = labeled("train")
-        path = write_constants(*fit(train))
-        print(f"fitted on {len(train)} samples; constants written to {path}")
-    from . import content_classifier as cc
-    from .content_classifier import CLASSES, softmax_scores
+    from .content_fit import MODEL_PATH, export, fit, predictor, read_model, write_model
 
-    # Read the constants from the file just written (the module in memory may be older).
-    ns: dict = {}
-    src = open(cc.__file__, encoding="utf-8").read()
-    exec(src[src.index("MEANS = ") : src.index("# ---- end of fitted constants")], ns)  # our own constants block
-    predict = lambda t: max(  # noqa: E731
-        (p := softmax_scores(cc.features(t), ns["MEANS"], ns["SCALES"], ns["WEIGHTS"], ns["BIASES"])), key=p.get
-    )
-    for name, pairs in (("train", labeled("train")), ("held-out files", labeled("test")), ("other sources", other_sources())):
-        acc, n, conf = evaluate(pairs, predict)
-        per = {c: sum(v for (a, _), v in conf.items() if a == c) for c in CLASSES}
-        errors = {f"{a}->{b}": v for (a, b), v in sorted(conf.items()) if a != b}
-        print(f"{name:15s} accuracy {acc:.3f} (n={n}; per class {per}); errors {errors}")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fit", action="store_true", help=f"refit on the train split and rewrite {os.path.basename(MODEL_PATH)}")
+    args = ap.parse_args(argv)
+    splits = {"train": labeled("train"), "held_out_files": labeled("test"), "other_sources": other_sources()}
+    shipped = read_model()
+    before = {name: report(pairs, predictor(shipped)) for name, pairs in splits.items()}
+    for name, r in before.items():
+        print(f"shipped model  {name:15s} accuracy {r['accuracy']:.3f} (n={r['n']}; per class {r['per_class']}); errors {r['errors']}")
+    if args.fit:
+        model = export(fit(splits["train"]), splits["train"])
+        model["accuracy"] = {name: report(pairs, predictor(model)) for name, pairs in splits.items()}
+        # What this fit replaced, scored on the same samples now (a before/after on one machine).
+        model["replaced"] = {"estimator": shipped.get("estimator"), "train_digest": shipped.get("train_digest"),
+                             "accuracy": {name: {k: r[k] for k in ("accuracy", "n")} for name, r in before.items()}}
+        write_model(model)
+        for name, r in model["accuracy"].items():
+            print(f"fitted model   {name:15s} accuracy {r['accuracy']:.3f} (n={r['n']}; per class {r['per_class']}); errors {r['errors']}")
+        print(f"fitted on {len(splits['train'])} samples -> {MODEL_PATH}")
 
 
 if __name__ == "__main__":

@@ -168,6 +168,8 @@ def test_forced_broken_router_hurts_quality():
         ({"candidates": ("attn_full", "attn_fast")}, "unknown attention mechanism 'attn_fast'"),
         ({"force": "attn_sparse", "candidates": ("attn_full",)}, "force='attn_sparse' is not one of the candidates"),
         ({"quality_budget": -0.1}, "quality_budget must be >= 0"),
+        ({"accuracy_budget": -1.0}, "accuracy_budget must be >= 0"),
+        ({"min_observations": 0}, "min_observations must be an integer >= 1"),
         ({"candidates": ()}, "needs at least one candidate"),
     ],
 )

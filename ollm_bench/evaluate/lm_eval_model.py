@@ -90,17 +90,18 @@ class CacheInLoopLM(TemplateLM):
         self.name = name
         self._max_length = int(max_length) if max_length else None
         self.route = route
-        self.method, self.router_choices = None, Counter()  # set by `for_method`
+        self.method, self.request_kind, self.router_choices = None, None, Counter()  # set by `for_method`
 
     @classmethod
-    def for_method(cls, model, tokenizer, method, **kwargs) -> "CacheInLoopLM":
+    def for_method(cls, model, tokenizer, method, request_kind: str | None = None, **kwargs) -> "CacheInLoopLM":
         """Score through `method` (an instance from `ollm_bench.methods`): its cache, or the plain one
         for methods that only hook the model; a method with `attach` (attention mechanisms, the
-        router, kvpress hooks) attaches per request. Call `detach()` when done."""
+        router, kvpress hooks) attaches per request. `request_kind` is what a task declares its
+        requests to be (e.g. "retrieval"), for a router. Call `detach()` when done."""
         from ..methods import make_cache_fn
 
         lm = cls(model, tokenizer, lambda config: make_cache_fn(method, config)(), **kwargs)
-        lm.method = method
+        lm.method, lm.request_kind = method, request_kind
         if hasattr(method, "attach"):
             lm.route = lm._attach_for_request
         return lm
@@ -108,8 +109,10 @@ class CacheInLoopLM(TemplateLM):
     def _attach_for_request(self, model, context_text=None, seq_len=None) -> None:
         # Plain mechanisms get no length: a window longer than a short request is full attention
         # there, not the configuration error it is for a sweep. The router sees both.
-        routed = hasattr(self.method, "choose")
-        self.method.attach(model, context_text=context_text, seq_len=seq_len if routed else None)
+        if hasattr(self.method, "choose"):
+            self.method.attach(model, context_text=context_text, seq_len=seq_len, kind=self.request_kind)
+        else:
+            self.method.attach(model, context_text=context_text)
         if getattr(self.method, "last", None):
             self.router_choices[self.method.last["choice"]] += 1
 

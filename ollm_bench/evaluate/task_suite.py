@@ -1,10 +1,12 @@
 """`suite=quality`: our offline lm-eval tasks for the baseline and each optimization, scored
 through the optimized cache (`CacheInLoopLM`), with a paired gate against the baseline.
 
-    python -m ollm_bench tasks [optims=baseline,kv_int8,...] [tasks=...] [limit=20] [results_dir=results] [force=false]
+    python -m ollm_bench tasks [optims=baseline,kv_int8,...] [tasks=...] [limit=20] [calibrate=N] [results_dir=results] [force=false]
 
-Each optim is built from `conf/optim/<name>.yaml`, as in sweeps (the router with exploration off,
-routing every request by its own text). Per-document scores accumulate in
+Each optim is built from `conf/optim/<name>.yaml`, as in sweeps. The router first learns on
+calibration requests of each task (`router_calibration.py`: rows apart from the judged ones), then
+is judged with exploration off and proof required for every request kind, routing every request by
+its own text and the task's declared request kind (`ollm_bench.tasks.REQUEST_KINDS`). Per-document scores accumulate in
 `results/quality/samples.jsonl`: an (optim, task) already there with the same `limit` is skipped,
 each finished one is saved at once, and `results/quality/tasks.csv` (one row per optim x task x
 metric) is rebuilt from all of them, so losses are paired over the same documents
@@ -93,9 +95,13 @@ def _table(entries: list[dict], device: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path, force: bool = False) -> pd.DataFrame:
+def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path, force: bool = False,
+              calibrate: int | None = None) -> pd.DataFrame:
     """Run each (optim, task) not already stored with the same `limit` (or all, with `force`),
-    saving after each, then rebuild `tasks.csv` from every stored result."""
+    saving after each, then rebuild `tasks.csv` from every stored result. A router (an optim with
+    `observe`) first learns on `calibrate` (default `limit`) calibration requests per task
+    (`router_calibration.py`); its stored results count as done only for the history it has now."""
+    import functools
     import os
 
     import torch
@@ -109,7 +115,8 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     from ..methods import build_scoring_method
     from ..run.environment import device_name
     from ..models import load_pretrained
-    from ..tasks import check_tasks, evaluate, task_manager
+    from ..tasks import check_tasks, declared_kind, evaluate, task_manager
+    from .router_calibration import calibrate_router
 
     if "baseline" not in optims:
         optims = ["baseline", *optims]
@@ -117,17 +124,27 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     check_tasks(tasks, task_manager())
     out_dir = Path(results_dir) / "quality"
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    @functools.cache
+    def get_lm():
+        torch.set_flush_denormal(True)
+        return load_pretrained("gemma3_270m")
+
+    learned = {name: calibrate_router(m, tasks, calibrate or limit, limit, get_lm, results_dir, force)
+               for name, m in methods.items() if hasattr(m, "observe")}
     samples_path = out_dir / "samples.jsonl"
     entries = _read_samples(samples_path)
-    done = {(e["optim"], e["task"]) for e in entries if e["limit"] == limit}
+    done = {(e["optim"], e["task"]) for e in entries
+            if e["limit"] == limit and e.get("router_history") == learned.get(e["optim"])}
     todo = [(o, t) for o in optims for t in tasks if force or (o, t) not in done]
     device = device_name(torch.device("cpu"))
-    if todo:
-        torch.set_flush_denormal(True)
-        lm = load_pretrained("gemma3_270m")
     for optim, task in tqdm(todo, desc="suite=quality", unit="task"):
-        # Every request routed by its own text, as a server would (CacheInLoopLM.for_method).
-        model = CacheInLoopLM.for_method(lm.model, lm.tokenizer, methods[optim], max_length=task_max_length(task))
+        lm = get_lm()
+        method = methods[optim]
+        # Every request routed by its own text (and the task's declared request kind), as a server
+        # would (CacheInLoopLM.for_method).
+        model = CacheInLoopLM.for_method(lm.model, lm.tokenizer, method, max_length=task_max_length(task),
+                                         request_kind=declared_kind(task))
         try:
             result = evaluate(model, [task], limit=limit, log_samples=True)
         finally:
@@ -135,6 +152,8 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
         entry = {"optim": optim, "task": task, "limit": limit, "device": device,
                  "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "router_choices": dict(model.router_choices), "per_doc": per_doc(result["samples"][task])}
+        if optim in learned:  # what it had learned when judged, and why it chose as it did last
+            entry |= {"router_history": learned[optim], "router_explain": method.explain()}
         entries = _save_entry(samples_path, entry)
         print(f"[ollm_bench] {optim} / {task} done", flush=True)
     table = _table(entries, device)

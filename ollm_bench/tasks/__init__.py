@@ -30,6 +30,15 @@ SCHEMAS = {
 }
 
 
+# What a request of a task is, where the task knows better than detecting it from the text
+# (optim.request_kind): a needle question asks about text thousands of tokens back.
+REQUEST_KINDS = {"ollm_niah_": "retrieval"}
+
+
+def declared_kind(task: str) -> str | None:
+    return next((kind for prefix, kind in REQUEST_KINDS.items() if task.startswith(prefix)), None)
+
+
 def _schema(task: str) -> dict:
     for prefix, schema in SCHEMAS.items():
         if task.startswith(prefix):
@@ -113,15 +122,34 @@ def task_names() -> list[str]:
     return [t for t in task_manager().all_tasks if t.startswith("ollm_")]
 
 
-def check_tasks(tasks: list[str], manager=None) -> None:
+def calibration_task(task: str, manager=None) -> dict:
+    """lm-eval config of `task`'s calibration variant, `<task>_calibration`: the same prompts,
+    metrics and scoring over rows built apart from the test rows (`build.py`: other documents or
+    other seeds), for a method that learns before it is judged (the attention router)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from .build import BUILDERS, CALIBRATION
+
+    manager = manager or task_manager()
+    check_tasks([task], manager)
+    name = task + CALIBRATION
+    if name not in BUILDERS:
+        raise ConfigError(f"task {task!r} has no calibration variant; variants exist for {sorted(b for b in BUILDERS if b.endswith(CALIBRATION))}")
+    cfg = dict(load_yaml(manager.task_index[task].yaml_path, resolve_func=True))
+    cfg.pop("tag", None)
+    return cfg | {"task": name, "dataset_kwargs": {"data_files": {"test": f"{name}.jsonl"}}}
+
+
+def check_tasks(tasks: list, manager=None) -> None:
     known = set((manager or task_manager()).all_tasks)
-    unknown = [t for t in tasks if t not in known]
+    unknown = [t for t in tasks if isinstance(t, str) and t not in known]
     if unknown:
         raise ConfigError(f"unknown task(s) {unknown}; offline tasks: {sorted(t for t in known if t.startswith('ollm_'))}")
 
 
-def evaluate(lm, tasks: list[str], limit: int | float | None = None, **kwargs) -> dict:
-    """`lm_eval.simple_evaluate` over our offline tasks; bad names or bad rows raise `ConfigError`."""
+def evaluate(lm, tasks: list, limit: int | float | None = None, **kwargs) -> dict:
+    """`lm_eval.simple_evaluate` over our offline tasks (names, or configs such as `calibration_task`);
+    bad names or bad rows raise `ConfigError`."""
     import lm_eval
 
     if isinstance(tasks, str):
@@ -132,5 +160,5 @@ def evaluate(lm, tasks: list[str], limit: int | float | None = None, **kwargs) -
     return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, **kwargs)
 
 
-__all__ = ["TASK_DIR", "check_tasks", "evaluate", "load_task_data", "load_wikitext_data", "task_manager", "task_names",
-           "validate_rows"]
+__all__ = ["REQUEST_KINDS", "TASK_DIR", "calibration_task", "check_tasks", "declared_kind", "evaluate", "load_task_data",
+           "load_wikitext_data", "task_manager", "task_names", "validate_rows"]

@@ -55,6 +55,8 @@ CLOZE_PER_ESSAY = 3
 CLOZE_GAP_CHARS = 4000
 NIAH_LENGTHS = {"1k": 1024, "4k": 4096, "8k": 8192, "16k": 16384}
 NIAH_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+CALIBRATION_MIN_ROWS = 10
+CALIBRATION = "_calibration"  # task-name suffix of the calibration variant (rows never in the test data)
 
 STOPWORDS = set("""
 about above after again against also because been before being below between both could does doing down
@@ -90,23 +92,29 @@ def _segments(text: str, min_chars: int) -> list[str]:
     return out
 
 
-def build_rolling(content: str) -> list[dict]:
+def build_rolling(content: str, split: str = "test") -> list[dict]:
+    """The test rows are the first ROLLING_DOCS of the round-robin; calibration rows the next ones."""
     per_item = [_segments(item, ROLLING_DOC_CHARS) for item in _shuffled(content)]
     rows = []
     for seg in range(max(map(len, per_item))):
         for i, segments in enumerate(per_item):
-            if seg < len(segments) and len(rows) < ROLLING_DOCS:
+            if seg < len(segments) and len(rows) < 2 * ROLLING_DOCS:
                 rows.append({"text": segments[seg], "source": f"{content}:item{i}:seg{seg}"})
-    if len(rows) < ROLLING_DOCS:
-        raise DataError(f"content {content!r} yields only {len(rows)} rolling documents, need {ROLLING_DOCS}")
-    return rows
+    test, calibration = rows[:ROLLING_DOCS], rows[ROLLING_DOCS:]
+    if len(test) < ROLLING_DOCS or (split == "calibration" and len(calibration) < CALIBRATION_MIN_ROWS):
+        raise DataError(f"content {content!r} yields only {len(rows)} rolling documents, need {ROLLING_DOCS} "
+                        f"(+ {CALIBRATION_MIN_ROWS} for calibration)")
+    return test if split == "test" else calibration
 
 
 _SENT_END = re.compile(r"(?<=[.!?])\s+")
 _LAST_WORD = re.compile(r"(?<= )([A-Za-z]+)[.!?]$")  # a space before it: the target is " word"
 
 
-def build_cloze() -> list[dict]:
+def build_cloze(split: str = "test") -> list[dict]:
+    """Test rows: the first CLOZE_PER_ESSAY targets of each essay; calibration rows: the next
+    CLOZE_PER_ESSAY (CLOZE_GAP_CHARS further on, so no passage shares text with a test passage)."""
+    skip = 0 if split == "test" else CLOZE_PER_ESSAY
     rows = []
     for e, essay in enumerate(source_items("prose")):
         text = re.sub(r"[ \t]+", " ", essay)
@@ -128,12 +136,13 @@ def build_cloze() -> list[dict]:
             in_sentence = len(pattern.findall(sentence[: m.start(1)]))
             if not pattern.search(before) or in_sentence or len(before) < CLOZE_MIN_CONTEXT_CHARS:
                 continue
-            rows.append({"context": text[begin : s0 + m.start(1)].rstrip(" "), "target": " " + word,
-                         "source": f"prose:essay{e}:char{s0}"})
+            if taken >= skip:
+                rows.append({"context": text[begin : s0 + m.start(1)].rstrip(" "), "target": " " + word,
+                             "source": f"prose:essay{e}:char{s0}"})
             taken, last_at = taken + 1, s0
-            if taken == CLOZE_PER_ESSAY:
+            if taken == skip + CLOZE_PER_ESSAY:
                 break
-    if len(rows) < 50:
+    if len(rows) < (50 if split == "test" else CALIBRATION_MIN_ROWS):
         raise DataError(f"the essays yield only {len(rows)} cloze passages")
     return rows
 
@@ -156,57 +165,94 @@ def _niah_prompt(haystack: str, needle: str, depth: float, question: str) -> str
     return f"{haystack[:at].rstrip()} {needle} {haystack[at:].lstrip()}".strip() + question
 
 
-def build_niah(length_name: str, tokenizer=None) -> list[dict]:
-    tokenizer = tokenizer or _gemma_tokenizer()
-    budget = NIAH_LENGTHS[length_name]
-    essays = _shuffled("prose")
-    corpus = "\n\n".join(essays * 2)  # doubled, so a late start still finds enough text
-    enc = tokenizer(corpus, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    essay_starts = []
-    pos = 0
-    for essay in essays:
-        essay_starts.append(pos)
-        pos += len(essay) + 2
-    token_at = {}  # char position of an essay start -> index of its first token
-    j = 0
-    for t, (a, _) in enumerate(offsets):
-        while j < len(essay_starts) and essay_starts[j] <= a:
-            token_at[essay_starts[j]] = t
-            j += 1
-    rng = random.Random(f"niah-{length_name}")
+def niah_needle(kind: str, key: str, answer: str) -> tuple[str, str]:
+    """(needle sentence, question ending in the answer prefix) of a NIAH prompt."""
+    if kind == "number":
+        return (f"The special magic number for {key} is {answer}.",
+                f"\n\nQuestion: What is the special magic number for {key} mentioned in the text above?"
+                f"\nAnswer: The special magic number for {key} is")
+    return (f"The secret meeting place for {key} is {answer}.",
+            f"\n\nQuestion: Where is the secret meeting place for {key} mentioned in the text above?"
+            f"\nAnswer: The secret meeting place for {key} is")
+
+
+class _Haystacks:
+    """The shuffled essays, doubled (so a late start still finds enough text), tokenized once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        essays = _shuffled("prose")
+        self.n_essays = len(essays)
+        self.corpus = "\n\n".join(essays * 2)
+        self.period = len("\n\n".join(essays)) + 2  # where the second copy starts
+        self.offsets = tokenizer(self.corpus, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        starts, pos = [], 0
+        for essay in essays:
+            starts.append(pos)
+            pos += len(essay) + 2
+        self.first_token = []  # index of each essay's first token
+        j = 0
+        for t, (a, _) in enumerate(self.offsets):
+            while j < len(starts) and starts[j] <= a:
+                self.first_token.append(t)
+                j += 1
+
+    def span(self, first: int, n: int) -> tuple[int, int]:
+        return self.offsets[first][0], self.offsets[first + n - 1][1]
+
+    def overlap(self, span: tuple[int, int], others: list[tuple[int, int]]) -> int:
+        """Characters `span` shares with `others`, as positions in the single (undoubled) corpus."""
+        def pieces(s):
+            lo = s[0] % self.period
+            hi = lo + s[1] - s[0]
+            return [(lo, min(hi, self.period))] + ([(0, hi - self.period)] if hi > self.period else [])
+        return sum(max(0, min(x1, y1) - max(x0, y0)) for o in others for x0, x1 in pieces(span) for y0, y1 in pieces(o))
+
+
+def build_niah(length_name: str, tokenizer=None, split: str = "test") -> list[dict]:
+    """Test rows, or calibration rows: another seed (other keys, answers and haystack starts), each
+    haystack the one of 200 seeded draws that shares the least text with the test prompts of the
+    same length (none while the essays leave room; the overlap is recorded per row as
+    `test_overlap_chars`)."""
+    hay = _Haystacks(tokenizer or _gemma_tokenizer())
+    if split == "test":
+        return [r for r, _ in _niah_rows(hay, length_name, random.Random(f"niah-{length_name}"))]
+    avoid = [span for _, span in _niah_rows(hay, length_name, random.Random(f"niah-{length_name}"))]
+    rows = _niah_rows(hay, length_name, random.Random(f"niah-{length_name}{CALIBRATION}"), avoid)
+    return [r | {"test_overlap_chars": hay.overlap(span, avoid)} for r, span in rows]
+
+
+def _niah_rows(hay: _Haystacks, length_name: str, rng: random.Random, avoid=None) -> list[tuple[dict, tuple]]:
+    budget, tokenizer = NIAH_LENGTHS[length_name], hay.tokenizer
     rows = []
     for d, depth in enumerate(NIAH_DEPTHS):
         for kind in ("number", "city"):
             key = rng.choice(KEYS)
-            if kind == "number":
-                answer = f"{rng.randrange(100_000, 1_000_000)}"
-                needle = f"The special magic number for {key} is {answer}."
-                question = (f"\n\nQuestion: What is the special magic number for {key} mentioned in the text above?"
-                            f"\nAnswer: The special magic number for {key} is")
-            else:
-                answer = rng.choice(CITIES)
-                needle = f"The secret meeting place for {key} is {answer}."
-                question = (f"\n\nQuestion: Where is the secret meeting place for {key} mentioned in the text above?"
-                            f"\nAnswer: The secret meeting place for {key} is")
-            first = token_at[essay_starts[rng.randrange(len(essays))]]
+            answer = f"{rng.randrange(100_000, 1_000_000)}" if kind == "number" else rng.choice(CITIES)
+            needle, question = niah_needle(kind, key, answer)
+            first = hay.first_token[rng.randrange(hay.n_essays)]
             n_hay = budget - len(tokenizer(needle + question, add_special_tokens=False)["input_ids"]) - 4
+            if avoid:
+                draws = [first] + [hay.first_token[rng.randrange(hay.n_essays)] for _ in range(199)]
+                first = min(draws, key=lambda f: hay.overlap(hay.span(f, n_hay), avoid))
             while True:  # shrink until the whole prompt (with BOS) fits the budget
-                haystack = corpus[offsets[first][0] : offsets[first + n_hay - 1][1]]
+                haystack = hay.corpus[slice(*hay.span(first, n_hay))]
                 haystack = haystack[: max(m.end() for m in re.finditer(r"[.!?](?=\s)", haystack))]  # whole sentences
                 prompt = _niah_prompt(haystack, needle, depth, question)
                 n_tokens = len(tokenizer(prompt)["input_ids"])
                 if n_tokens <= budget:
                     break
                 n_hay -= n_tokens - budget
-            rows.append({"input": prompt, "answer": answer, "kind": kind, "depth": depth, "length": budget,
-                         "n_tokens": n_tokens, "source": f"prose:token{first}:d{d}"})
+            rows.append(({"input": prompt, "answer": answer, "kind": kind, "depth": depth, "length": budget,
+                          "n_tokens": n_tokens, "source": f"prose:token{first}:d{d}"}, hay.span(first, n_hay)))
     return rows
 
 
-BUILDERS = {f"ollm_rolling_{c}": (lambda c=c: build_rolling(c)) for c in ROLLING_CONTENTS}
-BUILDERS["ollm_cloze_prose"] = build_cloze
-BUILDERS.update({f"ollm_niah_{n}": (lambda n=n: build_niah(n)) for n in NIAH_LENGTHS})
+BUILDERS = {}
+for _split, _suffix in (("test", ""), ("calibration", CALIBRATION)):
+    BUILDERS.update({f"ollm_rolling_{c}{_suffix}": (lambda c=c, s=_split: build_rolling(c, s)) for c in ROLLING_CONTENTS})
+    BUILDERS[f"ollm_cloze_prose{_suffix}"] = lambda s=_split: build_cloze(s)
+    BUILDERS.update({f"ollm_niah_{n}{_suffix}": (lambda n=n, s=_split: build_niah(n, split=s)) for n in NIAH_LENGTHS})
 
 
 def data_path(task: str) -> Path:
