@@ -16,8 +16,9 @@ import pandas as pd
 
 from ..errors import StoreError
 from ..run.store import ResultStore
-from .quality import delta_text, name_text, summarize, verdict_text
+from .quality import delta_text, name_text, verdict_text
 from .speed import decode_summary
+from .tables import suite_summary
 
 
 def _rows(results: Path, suite: str) -> pd.DataFrame | None:
@@ -34,7 +35,7 @@ def side_by_side(results: Path, suite: str, lengths=None) -> str:
     if df is None:
         return f"No rows in results/{suite} yet."
     try:
-        s = summarize(df)
+        s, _ = suite_summary(df, results / suite)
     except StoreError as exc:
         return f"No quality rows in results/{suite}: {exc}"
     s = s[s.optim != "baseline"]

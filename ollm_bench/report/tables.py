@@ -23,14 +23,45 @@ def section(scenario: str):
     return register
 
 
+def sibling_baselines(df: pd.DataFrame, suite_dir: Path) -> pd.DataFrame:
+    """Baseline rows another suite of the same results folder measured for this suite's cells (same
+    model, machine, content, length; identical documents are checked when pairing): a suite of
+    variants (ablations) needs no baseline runs of its own."""
+    ok = df[(df.status == "ok") & (df.scenario == "quality")]
+    if ok.empty:
+        return df.iloc[0:0]
+    have = set(map(tuple, ok[ok.optim == q.BASELINE][q.KEY].itertuples(index=False)))
+    need = set(map(tuple, ok[q.KEY].itertuples(index=False))) - have
+    found = []
+    for other in sorted(Path(suite_dir).parent.glob("*/runs.csv")):
+        if not need or other.parent == Path(suite_dir):
+            continue
+        rows = ResultStore(other).read()
+        base = rows[(rows.status == "ok") & (rows.scenario == "quality") & (rows.optim == q.BASELINE)]
+        if base.empty:
+            continue
+        hit = base[[tuple(r) in need for r in base[q.KEY].itertuples(index=False)]].copy() if len(base) else base
+        found.append(hit)
+        need -= set(map(tuple, hit[q.KEY].itertuples(index=False)))
+    return pd.concat(found) if found else df.iloc[0:0]
+
+
+def suite_summary(df: pd.DataFrame, suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The quality summary of a suite's rows, paired with baselines borrowed where it has none."""
+    borrowed = sibling_baselines(df, suite_dir)
+    return q.summarize(pd.concat([df, borrowed]) if len(borrowed) else df), borrowed
+
+
 @section("quality")
 def quality_section(df: pd.DataFrame, suite_dir: Path) -> list[str]:
-    summary = q.summarize(df)
+    summary, borrowed = suite_summary(df, suite_dir)
     summary.to_csv(suite_dir / "summary.csv", index=False)
     lines = ["## Quality with the cache in the loop", "", q.method_note(summary), "",
              "KV / 16-bit: exact bytes of every stored tensor (scales, zero-points and windows included) over the same "
              "tokens in a plain 16-bit cache (an fp32 baseline holds 2.0). CPU decode speed is context, not evidence "
              "(eager Python steps on a shared CPU); speed evidence comes from the decode scenario on a GPU.", "",
+             *([f"Baseline rows from suite(s) {', '.join(sorted(set(borrowed.suite)))} of the same results folder "
+                "(same cells, paired on identical documents).", ""] if len(borrowed) else []),
              q.markdown_table(summary), ""]
     for seq_len in sorted(summary.seq_len.unique()):
         name = f"quality_vs_kv_bytes_{int(seq_len)}.png"
@@ -75,7 +106,7 @@ def tables_for_devices(suite_dir: Path, devices: set[str]) -> str:
     df = df[df.device.isin(devices)]
     out = []
     if (df[df.status == "ok"].scenario == "quality").any():
-        summary = q.summarize(df)
+        summary, _ = suite_summary(df, Path(suite_dir))
         out += [q.markdown_table(summary), "", q.method_note(summary)]
     if (df[df.status == "ok"].scenario == "decode").any():
         from .speed import decode_summary, decode_table
