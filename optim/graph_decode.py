@@ -21,6 +21,7 @@ import contextlib
 
 import torch
 
+from .pointwise_fusion import fused_pointwise
 from .static_kv_arena import cache_kwarg
 
 
@@ -63,10 +64,15 @@ class GraphDecoder:
     clone it to keep it.
     """
 
-    def __init__(self, model: torch.nn.Module, cache, use_graph: bool | None = None, check_sync: bool = False):
+    def __init__(self, model: torch.nn.Module, cache, use_graph: bool | None = None, check_sync: bool = False,
+                 fuse_pointwise: bool = False):
         self.model, self.cache = model, cache
         self.kwarg = cache_kwarg(model)
         self.use_graph, self.check_sync = use_graph, check_sync
+        # Capture the step with the model's norms, MLPs and rotary compiled into fused kernels
+        # (optim.pointwise_fusion); `fused` names what was fused once captured.
+        self.fuse_pointwise = fuse_pointwise
+        self.fused: list[str] = []
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_ids = self.positions = self.static_logits = None
 
@@ -141,20 +147,26 @@ class GraphDecoder:
             self.cache.load_state(state)
             self.positions.copy_(positions)
 
-        # Warm-up on a side stream (Triton compiles, cuBLAS workspaces are allocated outside the
-        # graph), under the sync check; each run is undone.
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                with _cuda_sync_errors():
+        fusion = fused_pointwise(self.model) if self.fuse_pointwise else contextlib.nullcontext([])
+        with fusion as self.fused:
+            # Warm-up on a side stream (Triton compiles, cuBLAS workspaces are allocated outside the
+            # graph), under the sync check; each run is undone. Compiling the fused code may read
+            # device values while it benchmarks, so its first run precedes the sync check.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                if self.fuse_pointwise:
                     self._forward()
-                undo()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_logits = self._forward()
-        undo()  # capture ran the Python (host lengths) but no kernel
+                    undo()
+                for _ in range(2):
+                    with _cuda_sync_errors():
+                        self._forward()
+                    undo()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_logits = self._forward()
+            undo()  # capture ran the Python (host lengths) but no kernel
 
 
 @contextlib.contextmanager

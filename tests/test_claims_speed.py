@@ -66,6 +66,18 @@ def test_c9_decode_speedup(tmp_path, rows, expected):
     assert ("(triton)" in table.evidence[0]) == any(r.get("kernel") == "triton" for r in rows)
 
 
+def test_c9_reads_the_fused_graph_step_where_it_was_measured(tmp_path):
+    """Rows of a graph step captured with fused pointwise kernels form their own mode: C9 reads them
+    when the method has any, never pairing them with an unfused baseline."""
+    fused = {"extra": {"fused_pointwise": ["LlamaRMSNorm"]}}
+    rows = decode_cells([8.0, 8.0])  # plain graph rows: +25 %
+    rows += [r for c in (8192, 32768) for r in (decode_row("baseline", c, 1, 6.0, 0.1, **fused),
+                                                 decode_row("kv_mixed", c, 1, 7.0, 0.1, "triton", **fused))]
+    write(tmp_path, rows)
+    table = evaluate([claim("C9")], tmp_path)
+    assert list(table.verdict) == ["not reproduced"] and "graph+fused mode" in table.evidence[0]
+
+
 M, M2 = "gemma3_270m", "smollm2_135m"
 CELLS = [("code", 2048), ("prose", 2048)]
 TIMES = {"attn_full": (10, 9.8, 10.2), "attn_sliding": (5, 4.9, 5.1), "attn_sparse": (7, 6.9, 7.1),

@@ -29,8 +29,20 @@ def ratio_to(ok: pd.DataFrame, key: list[str], reference: str, column: str) -> l
     return [base.get(tuple(r[k] for k in key), float("nan")) / r[column] for _, r in ok.iterrows()]
 
 
+FUSED_GRAPH = "graph+fused"  # graph mode whose step ran the model's norms/MLP/rotary compiled (fused)
+
+
+def mode_label(row) -> str:
+    """The decode mode a row is compared within: a graph step captured with fused pointwise kernels
+    (`extra.fused_pointwise`) is its own mode, never set against an unfused graph step."""
+    extra = row.extra if isinstance(row.extra, dict) else {}
+    return FUSED_GRAPH if row.decode_mode == "graph" and extra.get("fused_pointwise") else row.decode_mode
+
+
 def decode_summary(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[(df.status == "ok") & df.step_ms.notna()].sort_values("started_at")
+    ok = df[(df.status == "ok") & df.step_ms.notna()].sort_values("started_at").copy()
+    if len(ok):
+        ok["decode_mode"] = [mode_label(r) for r in ok.itertuples()]
     ok = ok.drop_duplicates(subset=DECODE_KEY + ["optim", "kernel"], keep="last").copy()
     ok["speedup"] = ratio_to(ok, DECODE_KEY, "baseline", "step_ms")
     # The prefill share a compressing store pays for quantizing on write: its prefill against the

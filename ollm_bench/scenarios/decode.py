@@ -59,6 +59,9 @@ class DecodeScenario(Scenario):
     warmup: int = 4
     prefill_chunk: int = 4096
     profile_steps: int = 4
+    # graph mode: capture the step with the model's norms, MLPs and rotary embedding compiled into
+    # fused kernels (optim.pointwise_fusion), as a server's fused kernels would run them.
+    fuse_pointwise: bool = True
     allow_cpu: bool = False  # functional checks of this scenario's logic on CPU (tests); never evidence
 
     def __post_init__(self):
@@ -97,14 +100,14 @@ def _eager_driver(model, cache, chunk: int):
     return prefill, step
 
 
-def _graph_driver(model, cache, total: int, chunk: int, label: str):
+def _graph_driver(model, cache, total: int, chunk: int, label: str, fuse: bool):
     """Prefill eagerly, then replay one captured decode step (optim.graph_decode.GraphDecoder)."""
     from optim.graph_decode import GraphDecoder
 
     if not callable(getattr(cache, "reserve", None)):
         raise NotMeasurable(f"{label} grows its storage per step (no preallocated store); measure it with "
                             "decode_mode=eager, or kernel=triton where the method has a static store")
-    driver = GraphDecoder(model, cache)
+    driver = GraphDecoder(model, cache, fuse_pointwise=fuse)
     driver.reserve(total)
     state = {}
 
@@ -114,7 +117,7 @@ def _graph_driver(model, cache, total: int, chunk: int, label: str):
     def step():
         state["next"] = driver.step(state["next"]).argmax(-1)
 
-    return prefill, step
+    return prefill, step, driver
 
 
 def _compiled_driver(model, config, bench: BenchConfig, total: int, device):
@@ -183,6 +186,7 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
     if callable(getattr(method, "attach", None)):
         method.attach(model)
     kernel = getattr(method, "kernel", "torch")
+    driver = None
     with torch.inference_mode():
         if sc.decode_mode == "compiled":
             if bench.optim.name != "baseline":
@@ -190,7 +194,8 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
             cache, prefill, step = _compiled_driver(model, config, bench, total, device)
         elif sc.decode_mode == "graph":
             cache = make_cache_fn(method, config)()
-            prefill, step = _graph_driver(model, cache, total, sc.prefill_chunk, f"{bench.optim.name} ({kernel})")
+            prefill, step, driver = _graph_driver(model, cache, total, sc.prefill_chunk, f"{bench.optim.name} ({kernel})",
+                                                  sc.fuse_pointwise)
         else:
             cache = make_cache_fn(method, config)()
             prefill, step = _eager_driver(model, cache, sc.prefill_chunk)
@@ -214,7 +219,8 @@ def measure_decode(sc: DecodeScenario, bench: BenchConfig) -> dict:
         kv_bytes=kv_context, kv_bytes_16bit=plain_kv_bytes(config, bench.seq_len, bench.batch_size),
         bytes_per_step=wbytes + kv_read, copy_gbps=copy_gbps,
         extra={"weight_bytes": wbytes, "kv_bytes_read": kv_read, "kv_bytes_held": cache_nbytes(cache),
-               "kernels_per_step": busy.get("kernels_per_call"), "timed_steps": len(samples)},
+               "kernels_per_step": busy.get("kernels_per_call"), "timed_steps": len(samples),
+               **({"fused_pointwise": driver.fused} if driver is not None and driver.fuse_pointwise else {})},
     )
     row["gpu_busy_ms"] = busy.get("gpu_busy_ms")
     row["achieved_gbps"] = row["bytes_per_step"] / (row["step_ms"] / 1e3) / 1e9

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..speed import DECODE_KEY, decode_summary
+from ..speed import DECODE_KEY, FUSED_GRAPH, decode_summary
 from .evidence import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Evidence, interval_verdict, no_data, rule
 from .kv import by_model, gate_lists
 
@@ -23,11 +23,16 @@ def _decode(rows) -> pd.DataFrame:
 
 
 @rule
-def decode_speedup(rows, threshold: float, optim: str, mode: str = "graph", prefer_kernel: str = "triton") -> list[Evidence]:
-    """Baseline step time / method step time - 1 per (context, batch) in `mode`, preferring the
-    `prefer_kernel` row of the method; the claim is general, so the worst cell's p10-p90 range
-    decides (reproduced if it clears the threshold, not reproduced if some cell stays below)."""
+def decode_speedup(rows, threshold: float, optim: str, mode: str | None = None, prefer_kernel: str = "triton") -> list[Evidence]:
+    """Baseline step time / method step time - 1 per (context, batch) in `mode` (default: the
+    graph step with fused pointwise kernels where the method has such rows, else the plain graph
+    step), preferring the `prefer_kernel` row of the method; the claim is general, so the worst
+    cell's p10-p90 range decides (reproduced if it clears the threshold, not reproduced if some
+    cell stays below)."""
     s = _decode(rows)
+    if mode is None:
+        fused = len(s) and ((s.decode_mode == FUSED_GRAPH) & (s.optim == optim)).any()
+        mode = FUSED_GRAPH if fused else "graph"
     s = s[s.decode_mode == mode] if len(s) else s
     if s.empty or not (s.optim == optim).any():
         return [no_data(f"no {mode}-mode {optim} decode rows in {rows.where(SUITE, SCENARIO)}")]
