@@ -49,7 +49,7 @@ def decode_summary(df: pd.DataFrame) -> pd.DataFrame:
     # 16-bit store's (baseline) of the same machine, mode, context, batch and kernel.
     share = 1 - pd.Series(ratio_to(ok, DECODE_KEY + ["kernel"], "baseline", "prefill_ms"), index=ok.index)
     ok["quantize_share"] = share.where(ok.optim != "baseline")
-    return ok.sort_values(["model", "decode_mode", "seq_len", "batch_size", "optim"]).reset_index(drop=True)
+    return ok.sort_values(["model", "device", "decode_mode", "seq_len", "batch_size", "optim"]).reset_index(drop=True)
 
 
 def _g(x, fmt: str) -> str:
@@ -57,11 +57,12 @@ def _g(x, fmt: str) -> str:
 
 
 def decode_table(s: pd.DataFrame) -> str:
-    lines = ["| model | mode | context | batch | optim | kernel | step ms [p10, p90] | GPU busy ms | MB/step | "
-             "GB/s | bw fraction | × baseline | n |", "|" + "---|" * 13]
+    lines = ["| model | device | mode | context | batch | optim | kernel | step ms [p10, p90] | GPU busy ms | MB/step | "
+             "GB/s | bw fraction | × baseline | n |", "|" + "---|" * 14]
     for _, r in s.iterrows():
         lines.append(
-            f"| {r.model} | {r.decode_mode} | {int(r.seq_len)} | {int(r.batch_size)} | {r.optim} | {r.kernel} | "
+            f"| {r.model} | {str(r.device).replace('NVIDIA ', '')} | {r.decode_mode} | {int(r.seq_len)} | {int(r.batch_size)} | "
+            f"{r.optim} | {r.kernel} | "
             f"{r.step_ms:.3f} [{_g(r.step_ms_p10, '.3f')}, {_g(r.step_ms_p90, '.3f')}] | {_g(r.gpu_busy_ms, '.3f')} | "
             f"{_g(r.bytes_per_step / 1e6, '.1f')} | {_g(r.achieved_gbps, '.0f')} | {_g(r.bw_fraction, '.2f')} | "
             f"{_g(r.speedup, '.2f')} | {_g(r.n_repeats, '.0f')} |")
@@ -70,13 +71,18 @@ def decode_table(s: pd.DataFrame) -> str:
 
 def plot_decode(s: pd.DataFrame, path: Path) -> bool:
     """Step time vs context per method (median, p10-p90 bars) with the bandwidth floor of the
-    baseline's bytes (bytes_per_step / copy bandwidth), one panel per (model, mode, batch)."""
-    panels = list(s.groupby(["model", "decode_mode", "batch_size"]))
+    baseline's bytes (bytes_per_step / copy bandwidth), one panel per (model, device, mode, batch),
+    four panels a row."""
+    panels = list(s.groupby(["model", "device", "decode_mode", "batch_size"]))
     if not panels:
         return False
     styles = method_styles(s.optim + ":" + s.kernel.fillna("torch"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    for ax, ((model, mode, batch), g) in zip(axes[0], panels):
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, ((model, device, mode, batch), g) in zip(axes.flat, panels):
         for (optim, kernel), m in g.groupby(["optim", g.kernel.fillna("torch")]):
             m = m.sort_values("seq_len")
             st = styles[f"{optim}:{kernel}"]
@@ -88,7 +94,7 @@ def plot_decode(s: pd.DataFrame, path: Path) -> bool:
                 ax.plot(m.seq_len, floor, color="k", ls="--", lw=0.8, label="bandwidth floor (baseline bytes)")
         ax.set(xscale="log", yscale="log", xlabel="context length (tokens)",
                ylabel="one layer's decode attention (ms)" if mode == "kernel" else "decode step (ms)",
-               title=f"{model} · {mode} · batch {int(batch)}")
+               title=f"{model} · {str(device).replace('NVIDIA ', '')}\n{mode} · batch {int(batch)}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6)
     fig.tight_layout()
