@@ -1,6 +1,6 @@
 """What measured quality losses say about a mechanism: fails, proven within budget, or unproven.
 
-Two kinds of metric, each with its budget (DESIGN.md's gate: 2 % for perplexity, 2 points for
+Two kinds of metric, each with its budget (the quality gate: 2 % for perplexity, 2 points for
 accuracy):
 - task accuracy (`ACCURACY_METRICS`: acc, exact_match): one observation per request, the loss in
   points against full attention on the same request: +100 (full right, mechanism wrong), 0, or

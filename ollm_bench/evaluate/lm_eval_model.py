@@ -1,4 +1,4 @@
-"""lm-eval with the optimization in the loop (DESIGN.md, "Quality with the optimization in the loop").
+"""lm-eval with the optimization in the loop (docs/methodology.md, "Quality with the optimization in the loop").
 
 lm-eval's own `HFLM` scores a request with one cache-less forward, so a KV-cache method never
 touches its numbers. `CacheInLoopLM` scores the way generation runs, reusing `ollm_bench.evaluate.scoring`:
