@@ -68,7 +68,7 @@ class CountedQuantoLayer(QuantoQuantizedLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         check_states(key_states, value_states, "kv_hf_quantized")
         for name in ("_quantized_keys", "_quantized_values"):
-            if isinstance(getattr(self, name), _Hidden):
+            if isinstance(getattr(self, name, None), _Hidden):
                 setattr(self, name, getattr(self, name).value)
         out = super().update(key_states, value_states, *args, **kwargs)
         qk, qv = self._quantized_keys, self._quantized_values
