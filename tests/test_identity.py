@@ -33,6 +33,17 @@ def test_each_part_of_the_identity_changes_the_hash(bench, part, value):
     assert identity.config_hash(ident | {part: value}) != identity.config_hash(ident)
 
 
+def test_triton_counts_only_where_it_runs(bench):
+    """A CPU run of a torch-path method is the same with or without Triton installed (a plain
+    install has none, a dev install has it); a Triton kernel's run is not."""
+    assert "triton" not in identity.run_identity(bench)["libraries"]
+    bench.optim.method["kernel"] = "triton"
+    try:
+        assert "triton" in identity.run_identity(bench)["libraries"]
+    finally:
+        del bench.optim.method["kernel"]
+
+
 def test_method_code_covers_the_modules_it_imports():
     closure = identity.code_closure(["optim.kv_mixed"])
     assert {"optim.kv_mixed", "optim.kv_quant", "optim.base"} <= set(closure)

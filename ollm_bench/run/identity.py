@@ -105,11 +105,14 @@ def run_identity(bench: BenchConfig) -> dict:
 
     device = resolve_device(bench.device)
     libs = versions()
+    # Triton runs only on CUDA or for a method's Triton kernels (the interpreter on CPU); a CPU run
+    # of a torch-path method does not depend on whether it is installed (a plain install has none).
+    uses_triton = device.type == "cuda" or dict(bench.optim.method).get("kernel") == "triton"
     return {
         "config": bench.run_fields(),
         "device": device.type,
         "device_name": device_name(device),
-        "libraries": {k: libs.get(k) for k in ("torch", "transformers", "triton")},
+        "libraries": {k: libs.get(k) for k in ("torch", "transformers", *(("triton",) if uses_triton else ()))},
         "model_files": model_fingerprint(bench.model.source),
         "documents": source_fingerprint(bench.content.name, bench.content.path, bench.content.split),
         "method_code": method_code(bench),
