@@ -124,3 +124,14 @@ def test_save_entry_keeps_results_written_by_another_run(tmp_path):
     _save_entry(path, _entry("a", "t", [0, 1]))  # a rerun replaces its own entry only
     got = {(e["optim"], e["task"]): e["per_doc"]["acc"] for e in _read_samples(path)}
     assert got == {("baseline", "t"): {0: 1, 1: 1}, ("b", "t"): {0: 0, 1: 0}, ("a", "t"): {0: 0, 1: 1}}
+
+
+def test_only_the_projects_results_folder_updates_the_readme_table():
+    from pathlib import Path
+
+    from ollm_bench.cli import tasks_readme
+
+    assert tasks_readme("", "results") == Path("README.md")
+    assert tasks_readme("", "./results/") == Path("README.md")
+    assert tasks_readme("", "results/router") is None  # a side run leaves the README alone
+    assert tasks_readme("docs/x.md", "results/router") == Path("docs/x.md")
