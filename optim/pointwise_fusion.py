@@ -28,14 +28,16 @@ FUSED_CLASS_SUFFIXES = ("RMSNorm", "MLP")
 ROTARY_FUNCTION = "apply_rotary_pos_emb"
 
 
-def _compile(fn):
-    return torch.compile(fn, dynamic=False, fullgraph=True)
-
-
 @contextlib.contextmanager
-def fused_pointwise(model: torch.nn.Module):
+def fused_pointwise(model: torch.nn.Module, backend: str = "inductor"):
     """Within the block, `model`'s norms, MLPs and rotary embedding run compiled (see module doc).
-    Yields the names of what was fused (empty for a model with none of them)."""
+    Yields the names of what was fused (empty for a model with none of them). `backend` is
+    torch.compile's (Inductor fuses; another backend only checks the patching, e.g. on a machine
+    without a C++ compiler for Inductor's CPU code)."""
+
+    def _compile(fn):
+        return torch.compile(fn, dynamic=False, fullgraph=True, backend=backend)
+
     compiled: dict[type, object] = {}
     undo: list[tuple[object, str, object, bool]] = []  # (owner, attribute, old value, had own attribute)
     fused: list[str] = []
