@@ -23,26 +23,28 @@ def section(scenario: str):
     return register
 
 
+def _cells(frame: pd.DataFrame) -> set[tuple]:
+    return set(map(tuple, frame[q.KEY].itertuples(index=False)))
+
+
 def sibling_baselines(df: pd.DataFrame, suite_dir: Path) -> pd.DataFrame:
     """Baseline rows another suite of the same results folder measured for this suite's cells (same
     model, machine, content, length; identical documents are checked when pairing): a suite of
     variants (ablations) needs no baseline runs of its own."""
     ok = df[(df.status == "ok") & (df.scenario == "quality")]
-    if ok.empty:
-        return df.iloc[0:0]
-    have = set(map(tuple, ok[ok.optim == q.BASELINE][q.KEY].itertuples(index=False)))
-    need = set(map(tuple, ok[q.KEY].itertuples(index=False))) - have
+    need = _cells(ok) - _cells(ok[ok.optim == q.BASELINE])
     found = []
     for other in sorted(Path(suite_dir).parent.glob("*/runs.csv")):
-        if not need or other.parent == Path(suite_dir):
+        if not need:
+            break
+        if other.parent == Path(suite_dir):
             continue
         rows = ResultStore(other).read()
         base = rows[(rows.status == "ok") & (rows.scenario == "quality") & (rows.optim == q.BASELINE)]
-        if base.empty:
-            continue
-        hit = base[[tuple(r) in need for r in base[q.KEY].itertuples(index=False)]].copy() if len(base) else base
+        wanted = [cell in need for cell in map(tuple, base[q.KEY].itertuples(index=False))]
+        hit = base[pd.Series(wanted, index=base.index, dtype=bool)]
         found.append(hit)
-        need -= set(map(tuple, hit[q.KEY].itertuples(index=False)))
+        need -= _cells(hit)
     return pd.concat(found) if found else df.iloc[0:0]
 
 
