@@ -49,7 +49,9 @@ def plot_quality_vs_bytes(summary: pd.DataFrame, path: Path, seq_len: int) -> bo
     models, contents = sorted(part.model.unique()), sorted(part.content.unique())
     styles = method_styles(summary.optim)
     fig, axes = plt.subplots(len(models), len(contents), figsize=(3.6 * len(contents), 3.4 * len(models)),
-                             squeeze=False, sharey=True)
+                             squeeze=False, sharey=True, sharex=True)
+    # One x range for every panel from 0 (a lone point would otherwise get a sliver of an axis).
+    axes[0][0].set_xlim(0, 1.08 * float(part.kv_ratio.max()))
     for i, model in enumerate(models):
         for j, content in enumerate(contents):
             ax = axes[i][j]
