@@ -9,7 +9,8 @@ ablation row, see README "KV family"):
 - a 16-bit window of the `residual` most recent tokens (KIVI keeps 128): the tokens a query attends
   to most are exact;
 - `sinks` first tokens in 16 bits on global layers (StreamingLLM's attention sinks: most heads park
-  attention there, so their error weighs on every query).
+  attention there, so their error weighs on every query);
+- `key_pre_rope`: keys quantized before RoPE (KVQuant), see `optim/rope.py`.
 
 `key` and `value` are storage layouts of `optim.kv_quant` as lists: `[channel, bits, G]`,
 `[token, bits, g]` or `[fp8]`. Bytes include every window, scale and zero-point (the layer's
@@ -21,11 +22,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
 from .base import KVCacheMethod
-from .kv_quant import SpecKVLayer, build_checked
+from .kv_quant import SpecKVLayer, build_checked, decode, encode, enc_cat
+from .rope import RopeRotation
+
+
+class PreRopeSpecKVLayer(SpecKVLayer):
+    """`SpecKVLayer` whose compressed keys are stored before RoPE: un-rotated as they enter the store,
+    rotated back by their positions when read. Tokens in the 16-bit window and sinks stay as given."""
+
+    def __init__(self, key_spec, value_spec, *, rope: RopeRotation, **kwargs):
+        super().__init__(key_spec, value_spec, **kwargs)
+        self.rope = rope
+        self.next_pos = self.sinks  # the store's tokens follow the sinks (filled before any flush)
+
+    def _absorb(self, k, v) -> None:
+        k = self.rope.rotate(k, self.next_pos, inverse=True)
+        self.next_pos += k.shape[-2]
+        self.k_store = enc_cat(self.k_store, encode(k, self.key_spec))
+        self.v_store = enc_cat(self.v_store, encode(v, self.value_spec))
+
+    def _decode_store(self, dtype):
+        if self.k_store is None:
+            return None
+        keys = decode(self.k_store, self.key_spec, torch.float32)
+        keys = self.rope.rotate(keys, self.next_pos - keys.shape[-2]).to(dtype)
+        return keys, decode(self.v_store, self.value_spec, dtype)
+
+    def _reset_store(self) -> None:
+        super()._reset_store()
+        self.next_pos = self.sinks
 
 
 @dataclass
@@ -36,6 +66,7 @@ class FormatKV(KVCacheMethod):
     sinks: int = 4
     name: str = "kv_format"
     allow_reversed: bool = False  # ablation rows only: keys less precise than values, to measure that choice
+    key_pre_rope: bool = False  # quantize keys before RoPE (KVQuant); positions = cache index (no left padding)
 
     def __post_init__(self):
         self.key, self.value = tuple(self.key), tuple(self.value)
@@ -49,8 +80,15 @@ class FormatKV(KVCacheMethod):
             raise ValueError(f"{self.name}: sinks must be >= 0, got {self.sinks}")
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
+        ropes = {}
+        if self.key_pre_rope:
+            ropes = {kind: RopeRotation.from_config(config, kind) for kind in ("full_attention", "sliding_attention")}
+
         def layer(window):
-            return SpecKVLayer(self.key, self.value, residual=self.residual, sliding_window=window, name=self.name,
-                               sinks=self.sinks)
+            common = dict(residual=self.residual, sliding_window=window, name=self.name, sinks=self.sinks)
+            if not self.key_pre_rope:
+                return SpecKVLayer(self.key, self.value, **common)
+            rope = ropes["full_attention" if window is None else "sliding_attention"]
+            return PreRopeSpecKVLayer(self.key, self.value, rope=rope, **common)
 
         return build_checked(config, self.name, self.residual, [self.key, self.value], layer)
