@@ -65,12 +65,12 @@ def _entry(optim, task, values, limit=4):
 
 
 def test_samples_store_round_trips_and_table_pairs_with_baseline(tmp_path):
-    from ollm_bench.evaluate.task_suite import _read_samples, _table, _write_samples
+    from ollm_bench.evaluate.task_suite import read_samples, _table, _write_samples
 
     path = tmp_path / "samples.jsonl"
     entries = [_entry("baseline", "t", [1] * 6), _entry("opt", "t", [0] * 6), _entry("opt", "u", [1, 0])]
     _write_samples(path, entries)
-    back = _read_samples(path)
+    back = read_samples(path)
     assert [e["per_doc"]["acc"] for e in back] == [e["per_doc"]["acc"] for e in entries]  # int doc ids again
     table = _table(back, "cpu")
     opt_t = table[(table.optim == "opt") & (table.task == "t")].iloc[0]
@@ -80,13 +80,13 @@ def test_samples_store_round_trips_and_table_pairs_with_baseline(tmp_path):
 
 
 def test_corrupt_samples_file_is_one_clear_error_and_left_alone(tmp_path):
-    from ollm_bench.evaluate.task_suite import _read_samples
+    from ollm_bench.evaluate.task_suite import read_samples
 
     path = tmp_path / "samples.jsonl"
     path.write_text('{"optim": "baseline", "task": "t", "limit": 4, "per_doc": {}}\n{not json\n')
     before = path.read_bytes()
     with pytest.raises(ConfigError, match="samples.jsonl:2: corrupt"):
-        _read_samples(path)
+        read_samples(path)
     assert path.read_bytes() == before
 
 
@@ -115,14 +115,14 @@ def test_quality_markdown_and_readme_block(tmp_path):
 
 
 def test_save_entry_keeps_results_written_by_another_run(tmp_path):
-    from ollm_bench.evaluate.task_suite import _read_samples, _save_entry, _write_samples
+    from ollm_bench.evaluate.task_suite import read_samples, save_entry, _write_samples
 
     path = tmp_path / "samples.jsonl"
     _write_samples(path, [_entry("baseline", "t", [1, 1])])
-    _save_entry(path, _entry("a", "t", [1, 0]))  # another process added this meanwhile
-    _save_entry(path, _entry("b", "t", [0, 0]))
-    _save_entry(path, _entry("a", "t", [0, 1]))  # a rerun replaces its own entry only
-    got = {(e["optim"], e["task"]): e["per_doc"]["acc"] for e in _read_samples(path)}
+    save_entry(path, _entry("a", "t", [1, 0]))  # another process added this meanwhile
+    save_entry(path, _entry("b", "t", [0, 0]))
+    save_entry(path, _entry("a", "t", [0, 1]))  # a rerun replaces its own entry only
+    got = {(e["optim"], e["task"]): e["per_doc"]["acc"] for e in read_samples(path)}
     assert got == {("baseline", "t"): {0: 1, 1: 1}, ("b", "t"): {0: 0, 1: 0}, ("a", "t"): {0: 0, 1: 1}}
 
 

@@ -35,7 +35,7 @@ from optim.quality_evidence import is_accuracy
 
 from ..errors import ConfigError
 from .paired import per_doc
-from .task_suite import _read_samples, _save_entry, task_max_length
+from .task_suite import read_samples, save_entry, task_max_length
 
 FED_METRICS = ("exact_match", "acc", "word_perplexity", "perplexity")  # one headline metric family per task
 TEXT_FIELDS = ("input", "context", "text")  # what a row's request is made of, per task family
@@ -111,7 +111,7 @@ def calibrate_router(router, tasks: list[str], n: int, judged: int, get_lm: Call
     if force and store.exists():
         store.unlink()
     router.history_path = str(out_dir / "router_history.json")
-    entries = _read_samples(store)
+    entries = read_samples(store)
     summary = {}
     for task in tasks:
         summary[task] = check_disjoint(task, judged, n)
@@ -132,12 +132,12 @@ def calibrate_router(router, tasks: list[str], n: int, judged: int, get_lm: Call
                 for metric, docs in measured.items():
                     entry["per_doc"].setdefault(metric, {}).update(docs)
                 entry["contexts"][str(doc)] = ctx
-                entries = _save_entry(store, entry)
+                entries = save_entry(store, entry)
                 teach(router, entries, n)
                 failing = [e for e in router.evidence(mech_name, ctx) if e.verdict == "fails"]
                 if mech_name != "attn_full" and failing:
                     entry["stopped"] = f"after request {doc}: {failing[0].describe()}"
-                    entries = _save_entry(store, entry)
+                    entries = save_entry(store, entry)
                 print(f"[router calibration] {name} request {doc}: {mech_name} measured", flush=True)
     digest = teach(router, entries, n)
     (out_dir / "router_calibration.md").write_text(calibration_markdown(router, entries, summary, n))

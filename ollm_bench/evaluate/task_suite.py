@@ -43,7 +43,8 @@ def task_max_length(task: str, max_gen_toks: int = 16) -> int:
     return 2048
 
 
-def _read_samples(path: Path) -> list[dict]:
+def read_samples(path: Path) -> list[dict]:
+    """Per-(optim, task) entries of a samples file (`tasks` and the router's calibration share it)."""
     if not path.exists():
         return []
     entries = []
@@ -65,14 +66,14 @@ def _write_samples(path: Path, entries: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _save_entry(path: Path, entry: dict) -> list[dict]:
+def save_entry(path: Path, entry: dict) -> list[dict]:
     """Re-read under an exclusive lock, replace this (optim, task), write back: two `tasks` runs
     sharing a results dir never drop each other's results."""
     import fcntl
 
     with open(path.with_suffix(".jsonl.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        entries = [e for e in _read_samples(path) if (e["optim"], e["task"]) != (entry["optim"], entry["task"])]
+        entries = [e for e in read_samples(path) if (e["optim"], e["task"]) != (entry["optim"], entry["task"])]
         entries.append(entry)
         _write_samples(path, entries)
     return entries
@@ -133,7 +134,7 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     learned = {name: calibrate_router(m, tasks, calibrate or limit, limit, get_lm, results_dir, force)
                for name, m in methods.items() if hasattr(m, "observe")}
     samples_path = out_dir / "samples.jsonl"
-    entries = _read_samples(samples_path)
+    entries = read_samples(samples_path)
     done = {(e["optim"], e["task"]) for e in entries
             if e["limit"] == limit and e.get("router_history") == learned.get(e["optim"])}
     todo = [(o, t) for o in optims for t in tasks if force or (o, t) not in done]
@@ -154,7 +155,7 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
                  "router_choices": dict(model.router_choices), "per_doc": per_doc(result["samples"][task])}
         if optim in learned:  # what it had learned when judged, and why it chose as it did last
             entry |= {"router_history": learned[optim], "router_explain": method.explain()}
-        entries = _save_entry(samples_path, entry)
+        entries = save_entry(samples_path, entry)
         print(f"[ollm_bench] {optim} / {task} done", flush=True)
     table = _table(entries, device)
     table.to_csv(out_dir / "tasks.csv", index=False)
