@@ -219,6 +219,17 @@ class ByteTokenizer:
 DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def model_hf_config(model_cfg):
+    """The transformers config of a model conf, without loading its weights."""
+    if model_cfg.source in TINY_CONFIGS or model_cfg.source == "random":
+        return random_weights_config(model_cfg)
+    from transformers import AutoConfig
+
+    if model_cfg.source in PACKAGED_MODELS:
+        return AutoConfig.from_pretrained(packaged_model_dir(model_cfg.source))
+    return AutoConfig.from_pretrained(model_cfg.source)
+
+
 def load_model(model_cfg, device: str = "cpu") -> LoadedModel:
     """Dispatch on `model.source`: a packaged model | tiny / tiny_llama | random (no-weights `arch`) | hub id / dir."""
     dtype = DTYPE_BY_NAME[model_cfg.dtype]

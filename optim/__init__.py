@@ -20,6 +20,7 @@ from .kv_format import FormatKV
 from .kv_hf_quantized import HFQuantizedKV
 from .kv_int8 import Int8KV, Int8KVLayer
 from .kv_kivi import KiviKV
+from .kv_layerwise import LayerwiseKV
 from .kv_mixed import MixedPrecisionKV
 from .kv_pattern import PatternAwareKV
 from .kv_press import KVPressPeer
@@ -35,6 +36,7 @@ __all__ = [
     "AdaptiveKV",
     "HFQuantizedKV",
     "KiviKV",
+    "LayerwiseKV",
     "KVPressPeer",
     "NativeSlidingWindowAttention",
     "MixedPrecisionKV",

@@ -9,6 +9,8 @@ A spec in `conf/calibrate/<optim>.yaml` lists candidate parameter sets, the rule
     n_docs: 12
     budget: 0.01                # upper end of the paired interval of Δppl on the calibration split
     overrides: []               # more sweep overrides, e.g. scenario.score_tokens=256
+    params: {}                  # method parameters fixed for every run of it (not chosen)
+    sensitivity: {n_docs: 4}    # per-layer methods only: rank layers first (layer_sensitivity.py)
     candidates:                 # cheapest first is not required: bytes are measured
       - {max_error: 0.05}
       - {max_error: 0.1}
@@ -55,16 +57,26 @@ def load_spec(optim: str, path: Path | None = None) -> dict:
 
 
 def _override(key: str, value) -> str:
-    return f"optim.method.{key}={json.dumps(value)}"  # JSON scalars and lists parse as Hydra values
+    return f"optim.method.{key}={_hydra_value(value)}"
 
 
-def _sweep(spec: dict, optim: str, params: dict, results_dir: Path) -> None:
+def _sweep(spec: dict, optim: str, params: dict, results_dir: Path, models=None, n_docs=None, extra=()) -> None:
+    if optim == spec["optim"]:  # the spec's fixed parameters hold for every run of the method
+        params = {**spec.get("params", {}), **params}
     cmd = [sys.executable, "-m", "ollm_bench", "sweep", "suite=calibration", f"optim={optim}",
-           f"model={','.join(spec['models'])}", f"seq_len={spec['seq_len']}", f"scenario.n_docs={spec['n_docs']}",
-           f"results_dir={results_dir}", *spec.get("overrides", []), *[_override(k, v) for k, v in params.items()]]
+           f"model={','.join(models or spec['models'])}", *spec.get("overrides", []), f"seq_len={spec['seq_len']}",
+           f"scenario.n_docs={n_docs or spec['n_docs']}", f"results_dir={results_dir}",
+           *[_override(k, v) for k, v in params.items()], *extra]
     proc = subprocess.run(cmd)
     if proc.returncode == 2:
         raise ConfigError(f"calibration sweep refused its config: {' '.join(cmd[3:])}")
+
+
+def _hydra_value(value) -> str:
+    """A Hydra override value: JSON, except dict keys unquoted (Hydra's grammar takes identifiers)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -75,12 +87,15 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def choose(summary: pd.DataFrame, spec: dict, optim: str) -> tuple[dict, pd.DataFrame, bool]:
-    """(chosen params, per-candidate table, whether any candidate met the budget on every model)."""
+def choose(summary: pd.DataFrame, spec: dict, optim: str, fixed: dict | None = None) -> tuple[dict, pd.DataFrame, bool]:
+    """(chosen params, per-candidate table, whether any candidate met the budget on every model).
+    `fixed`: parameters every candidate row must also have (e.g. the ranking measured just before)."""
     keys = sorted({k for c in spec["candidates"] for k in c})
     rows = []
     for i, cand in enumerate(spec["candidates"]):
-        part = summary[(summary.optim == optim) & summary.params.map(lambda p, c=cand: all(p.get(k) == v for k, v in c.items()))]
+        want = {**(fixed or {}), **cand}
+        part = summary[(summary.optim == optim) & (summary.n_docs == spec["n_docs"])
+                       & summary.params.map(lambda p, c=want: all(p.get(k) == v for k, v in c.items()))]
         if part.empty or len(part) < len(spec["models"]):
             raise ConfigError(f"candidate {cand} has no calibration rows for every model; re-run the command")
         rows.append({"candidate": i, **{k: cand.get(k) for k in keys}, "kv_ratio": part.kv_ratio.max(),
@@ -112,21 +127,32 @@ def write_choice(optim: str, params: dict, evidence: str) -> Path:
 def calibrate(optim: str, results_dir: Path, write: bool = True, spec_path: Path | None = None) -> str:
     spec = load_spec(optim, spec_path)
     results_dir = Path(results_dir)
+    fixed, stage_one = {}, []
+    if "sensitivity" in spec:  # a per-layer method: rank its layers first, then choose how many go low
+        from .layer_sensitivity import markdown as ranking_markdown
+        from .layer_sensitivity import rank_layers
+
+        ranking, per_layer = rank_layers(spec, optim, results_dir,
+                                         lambda o, p, m, n, e: _sweep(spec, o, p, results_dir, m, n, e))
+        fixed = {"ranking": ranking, "probe_layers": None}
+        stage_one = [f"Stage 1, layer sensitivity: each layer alone at the low layout, "
+                     f"{spec['sensitivity']['n_docs']} documents per model; ranking {ranking}.", "",
+                     ranking_markdown(per_layer), ""]
     for cand in spec["candidates"]:  # first: a candidate the method refuses stops before any baseline work
-        _sweep(spec, optim, cand, results_dir)
+        _sweep(spec, optim, {**{k: v for k, v in fixed.items() if v is not None}, **cand}, results_dir)
     _sweep(spec, "baseline", {}, results_dir)
     df = ResultStore(results_dir / "calibration" / "runs.csv").read()
-    chosen, table, met = choose(summarize(df), spec, optim)
+    chosen, table, met = choose(summarize(df), spec, optim, fixed)
     rel = f"results/calibration/{optim}.md"
     report = [f"# Calibration of `{optim}`", "",
               f"Command: `python -m ollm_bench calibrate optim={optim}`; spec `conf/calibrate/{optim}.yaml`. "
               f"Calibration split: WikiText-2 valid.txt, {spec['n_docs']} documents of {spec['seq_len']} tokens per "
               f"model ({', '.join(spec['models'])}); never the evaluated documents. Rule: fewest KV bytes whose "
               f"paired interval's upper end of Δppl is within {100 * spec['budget']:.1f} % on every model.", "",
-              markdown(table), "",
+              *stage_one, markdown(table), "",
               f"Chosen: `{chosen}`" + ("" if met else " (no candidate met the budget: the most accurate one)"), ""]
     out = results_dir / "calibration" / f"{optim}.md"
     out.write_text("\n".join(report))
     if write:
-        write_choice(optim, chosen, rel)
+        write_choice(optim, {**{k: v for k, v in fixed.items() if v is not None}, **chosen}, rel)
     return "\n".join(report)
