@@ -10,6 +10,8 @@ import pandas as pd
 from ..errors import StoreError
 from ..run.store import ResultStore
 from . import quality as q
+from .peers import markdown as peers_markdown
+from .peers import peer_comparison
 from .plots import plot_quality_vs_bytes
 
 SECTION_BUILDERS = []  # (scenario, function(df, suite_dir) -> list[str]); speed sections register here
@@ -65,6 +67,10 @@ def quality_section(df: pd.DataFrame, suite_dir: Path) -> list[str]:
              *([f"Baseline rows from suite(s) {', '.join(sorted(set(borrowed.suite)))} of the same results folder "
                 "(same cells, paired on identical documents).", ""] if len(borrowed) else []),
              q.markdown_table(summary), ""]
+    against = peer_comparison(df, summary)
+    if len(against):
+        against.to_csv(suite_dir / "peers.csv", index=False)
+    lines += peers_markdown(against)
     for seq_len in sorted(summary.seq_len.unique()):
         name = f"quality_vs_kv_bytes_{int(seq_len)}.png"
         if plot_quality_vs_bytes(summary, suite_dir / name, int(seq_len)):

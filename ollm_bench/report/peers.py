@@ -1,0 +1,81 @@
+"""Quality per byte against the peers: in each cell, does some method of ours hold no more KV bytes
+than a peer and score at least as well?
+
+Per (model, machine, content, length) and per peer row, the candidate is the method of ours with the
+lowest perplexity change among those at or below the peer's bytes. Ours and the peer scored the same
+documents, so their perplexity ratio is paired per document (t-interval, `evaluate/stats.py`):
+- `better`: the interval lies below 0 (ours lower perplexity beyond noise);
+- `as good`: the interval spans 0;
+- `worse`: the interval lies above 0;
+- `no method at these bytes`: nothing of ours is that small in this cell.
+Where documents differ the pairing is refused (`documents differ`), never guessed.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..evaluate.stats import CI_METHOD, paired_change
+from .quality import BASELINE, KEY, _is_peer, latest_ok, pct
+
+COLUMNS = ["model", "content", "seq_len", "peer", "peer_kv_ratio", "peer_delta", "ours", "ours_kv_ratio",
+           "ours_delta", "ours_vs_peer", "ours_vs_peer_low", "ours_vs_peer_high", "n_docs", "verdict"]
+
+
+def _verdict(low: float, high: float) -> str:
+    if high < 0:
+        return "better"
+    if low > 0:
+        return "worse"
+    return "as good"
+
+
+def peer_comparison(df: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, peer); `summary` from `quality.summarize` (the same rows), for Δppl vs baseline."""
+    ok = latest_ok(df)
+    ok = ok[ok.variant == ok.groupby(KEY + ["optim"]).variant.transform("last")]  # one configuration per method
+    rows = {tuple(r[k] for k in KEY) + (r.optim,): r for _, r in ok.iterrows()}
+    deltas = {tuple(r[k] for k in KEY) + (r.optim,): r.ppl_delta for _, r in summary.iterrows()
+              if "ppl_delta" in summary}
+    out = []
+    for cell, part in ok.groupby(KEY):
+        peers = part[part.peer.map(_is_peer) & (part.optim != BASELINE)]
+        ours = part[~part.peer.map(_is_peer) & (part.optim != BASELINE)]
+        for _, p in peers.iterrows():
+            base = dict(zip(KEY, cell)) | {"peer": p.optim, "peer_kv_ratio": p.kv_ratio,
+                                           "peer_delta": deltas.get(cell + (p.optim,))}
+            small = ours[ours.kv_ratio <= p.kv_ratio + 1e-9]
+            small = small.assign(delta=[deltas.get(cell + (o,)) for o in small.optim]).dropna(subset=["delta"])
+            if small.empty:
+                out.append(base | {"verdict": "no method at these bytes"})
+                continue
+            best = small.sort_values(["delta", "kv_ratio"]).iloc[0]
+            entry = base | {"ours": best.optim, "ours_kv_ratio": best.kv_ratio, "ours_delta": best.delta}
+            mine, theirs = rows[cell + (best.optim,)], rows[cell + (p.optim,)]
+            if not (mine.doc_nll and theirs.doc_nll and mine.doc_hashes == theirs.doc_hashes):
+                out.append(entry | {"verdict": "documents differ"})
+                continue
+            ch = paired_change(mine.doc_nll, theirs.doc_nll, [mine.scored_tokens] * len(mine.doc_nll))
+            out.append(entry | {"ours_vs_peer": ch.point, "ours_vs_peer_low": ch.low, "ours_vs_peer_high": ch.high,
+                                "n_docs": ch.n, "verdict": _verdict(ch.low, ch.high)})
+    return pd.DataFrame(out, columns=[*KEY, *COLUMNS[3:]]).sort_values(["model", "content", "seq_len", "peer"]) \
+        .reset_index(drop=True) if out else pd.DataFrame(columns=[*KEY, *COLUMNS[3:]])
+
+
+def markdown(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    lines = ["## Against the peers: quality per byte", "",
+             "Per cell and peer: the method of ours with the lowest Δppl among those holding no more KV bytes, "
+             f"and its perplexity vs the peer's paired on the same documents ({CI_METHOD}). `better` / `worse`: "
+             "the interval lies wholly below / above 0; `as good`: it spans 0.", "",
+             "| model | content | len | peer (KV / 16-bit, Δppl) | ours (KV / 16-bit, Δppl) | ours vs peer [95 % CI] | n | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        peer = f"{r.peer} ({r.peer_kv_ratio:.3f}, {pct(r.peer_delta)})"
+        ours = f"{r.ours} ({r.ours_kv_ratio:.3f}, {pct(r.ours_delta)})" if isinstance(r.ours, str) else "—"
+        vs = (f"{pct(r.ours_vs_peer)} [{pct(r.ours_vs_peer_low)}, {pct(r.ours_vs_peer_high)}]"
+              if pd.notna(r.ours_vs_peer) else "—")
+        n = int(r.n_docs) if pd.notna(r.n_docs) else "—"
+        lines.append(f"| {r.model} | {r.content} | {int(r.seq_len)} | {peer} | {ours} | {vs} | {n} | {r.verdict} |")
+    return [*lines, ""]

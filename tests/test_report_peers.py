@@ -1,0 +1,34 @@
+"""Quality per byte against the peers: each verdict of the paired comparison, and no guessing."""
+
+import pytest
+
+from ollm_bench.report.peers import peer_comparison
+from ollm_bench.report.quality import summarize
+from ollm_bench.run.store import ResultStore
+from tests.claims_rows import quality_pair, write
+
+
+def _table(tmp_path, ours_gate, ours_ratio, peer_gate, peer_ratio, **peer_fields):
+    base, mine = quality_pair("m", "kv_ours", "prose", 2048, ours_gate, ratio=ours_ratio)
+    _, peer = quality_pair("m", "kv_peer", "prose", 2048, peer_gate, ratio=peer_ratio, peer=True, **peer_fields)
+    write(tmp_path, [base, mine, peer])
+    df = ResultStore(tmp_path / "kv" / "runs.csv").read()
+    return peer_comparison(df, summarize(df))
+
+
+@pytest.mark.parametrize("ours_gate, ours_ratio, peer_gate, verdict", [
+    ("pass", 0.3, "fail", "better"),          # smaller and clearly lower perplexity
+    ("fail", 0.3, "pass", "worse"),           # smaller but clearly higher perplexity
+    ("pass", 0.4, "pass", "as good"),         # the same documents and scores: the interval spans 0
+    ("pass", 0.5, "fail", "no method at these bytes"),  # ours holds more bytes than the peer
+])
+def test_each_verdict(tmp_path, ours_gate, ours_ratio, peer_gate, verdict):
+    table = _table(tmp_path, ours_gate, ours_ratio, peer_gate, 0.4)
+    assert table.verdict.tolist() == [verdict]
+    if verdict != "no method at these bytes":
+        assert table.ours.tolist() == ["kv_ours"] and table.n_docs.tolist() == [6]
+
+
+def test_different_documents_are_not_paired(tmp_path):
+    table = _table(tmp_path, "pass", 0.3, "fail", 0.4, doc_hashes=[f"other-{k}" for k in range(6)])
+    assert table.verdict.tolist() == ["documents differ"]
