@@ -57,6 +57,21 @@ def side_by_side(results: Path, suite: str, lengths=None) -> str:
     return "\n".join(lines)
 
 
+def peers_table(results: Path, suite: str = "kv") -> str:
+    """Per cell and peer: the best method of ours at no more bytes, paired against the peer."""
+    from .peers import markdown, peer_comparison
+
+    df = _rows(results, suite)
+    if df is None:
+        return f"No rows in results/{suite} yet."
+    try:
+        s, _ = suite_summary(df, results / suite)
+    except StoreError as exc:
+        return f"No quality rows in results/{suite}: {exc}"
+    lines = markdown(peer_comparison(df, s))
+    return "\n".join(lines[4:]).strip() if lines else f"No peer rows in results/{suite} yet."
+
+
 def kv_gpu_table(results: Path) -> str:
     df = _rows(results, "kv_gpu")
     if df is None:
@@ -96,6 +111,7 @@ def metric_table(results: Path, suite: str, metric: str, reference: str) -> str:
 def tables(results: Path) -> dict[str, str]:
     return {
         "kv-table": side_by_side(results, "kv", [2048, 8192, 16384]),
+        "kv-peers-table": peers_table(results),
         "attn-table": side_by_side(results, "attention"),
         "default-table": side_by_side(results, "default"),
         "kv-gpu-table": kv_gpu_table(results),
