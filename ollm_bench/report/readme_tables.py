@@ -116,6 +116,8 @@ def tables(results: Path) -> dict[str, str]:
         "default-table": side_by_side(results, "default"),
         "kv-gpu-table": kv_gpu_table(results),
         "attn-gpu-table": metric_table(results, "attention_gpu", "kernel_prefill_ms", "attn_full"),
+        "attn-gpu-decode-table": metric_table(results, "attention_gpu", "kernel_decode_ms", "attn_full"),
+        "attn-gpu-model-table": metric_table(results, "attention_gpu", "model_prefill_ms", "attn_full"),
     }
 
 
