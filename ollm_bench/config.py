@@ -88,12 +88,17 @@ class RunnerConfig:
     isolation: str = "process"  # process: one spawned process per run; inline: same process
     timeout_s: int = 3600
     rerun_failed: bool = False
+    # Quality cells longer than this run only where the method did not fail the gate at this length
+    # on the same model and content (run/carry.py); not part of a run's identity.
+    only_if_passed_at: Optional[int] = None
 
     def __post_init__(self):
         if self.isolation not in ("process", "inline"):
             raise ConfigError(f"runner.isolation={self.isolation!r} is not 'process' or 'inline'")
         if self.timeout_s <= 0:
             raise ConfigError(f"runner.timeout_s must be positive, got {self.timeout_s}")
+        if self.only_if_passed_at is not None and self.only_if_passed_at <= 0:
+            raise ConfigError(f"runner.only_if_passed_at must be a positive length, got {self.only_if_passed_at}")
 
 
 @dataclass

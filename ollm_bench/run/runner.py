@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from ..config import BenchConfig, build_scenario, to_bench
 from ..errors import BenchError, ConfigError
 from .environment import command_line, git_state, versions
+from .carry import failed_at_shorter
 from .identity import config_hash, run_identity
 from .store import ResultStore
 
@@ -128,7 +129,10 @@ def _run_job(bench: BenchConfig, store: ResultStore) -> dict:
         return reused
     cfg_yaml = OmegaConf.to_yaml(OmegaConf.structured(bench))
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if bench.runner.isolation == "process":
+    not_carried = failed_at_shorter(store, bench, identity["config"]["optim"].get("method", {}))
+    if not_carried:
+        result = {"ok": True, "row": {"status": "skipped", "error": not_carried}}
+    elif bench.runner.isolation == "process":
         result = _measure_isolated(cfg_yaml, bench.runner.timeout_s)
     else:
         result = _measure_inline(cfg_yaml)
