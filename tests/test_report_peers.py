@@ -32,3 +32,10 @@ def test_each_verdict(tmp_path, ours_gate, ours_ratio, peer_gate, verdict):
 def test_different_documents_are_not_paired(tmp_path):
     table = _table(tmp_path, "pass", 0.3, "fail", 0.4, doc_hashes=[f"other-{k}" for k in range(6)])
     assert table.verdict.tolist() == ["documents differ"]
+
+
+def test_a_peer_storing_fp32_is_compared_at_its_16bit_size(tmp_path):
+    """A peer holding 0.5x in fp32 tensors holds 0.25x in a 16-bit deployment: ours at 0.3x is bigger."""
+    storage = {"tensors": {"keys": {"bytes": 250_000, "dtype": "float32"}, "values": {"bytes": 250_000, "dtype": "float32"}}}
+    table = _table(tmp_path, "pass", 0.3, "fail", 0.5, kv_storage=storage)
+    assert table.verdict.tolist() == ["no method at these bytes"] and table.peer_kv_ratio.tolist() == [0.25]
