@@ -3,7 +3,9 @@
 Layers differ in how much quantization error they pass on to the output (KV-quantization work finds
 a few layers, often the first ones, far more sensitive than the rest). This method stores every layer
 in `key`/`value` (our `kv_k4v4` layout by default) except the `low_fraction` of layers that a
-sensitivity ranking names least sensitive, which get `low_key`/`low_value` (2-bit by default).
+sensitivity ranking names least sensitive, which get `low_key`/`low_value` (by default `kv_k4v2`'s:
+4-bit keys, 2-bit values, since keys are where models break). All layers at 2-bit values fail the
+gate on some contents; spending value bits where a layer needs them is the point.
 
 The ranking is data, measured on the calibration split (WikiText-2 valid.txt), never on evaluated
 documents: `python -m ollm_bench calibrate optim=kv_layerwise` first probes each layer alone at the
@@ -35,7 +37,7 @@ def model_key(config: PretrainedConfig) -> str:
 
 @dataclass
 class LayerwiseKV(FormatKV):
-    low_key: list = field(default_factory=lambda: ["channel", 2, 32])
+    low_key: list = field(default_factory=lambda: ["channel", 4, 64])
     low_value: list = field(default_factory=lambda: ["token", 2, 32])
     low_fraction: float = 0.5  # share of layers (least sensitive first) at the low layout
     ranking: dict | None = None  # model_key -> layer indices, least sensitive first (None: not measured)

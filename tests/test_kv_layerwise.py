@@ -25,8 +25,8 @@ def test_ranked_layers_go_low_in_order_and_bytes_follow():
     config = tiny_llama_config(layers=4)
     ranking = {model_key(config): [2, 0, 3, 1]}
     half = _filled(LayerwiseKV(ranking=ranking, low_fraction=0.5), config)
-    assert [layer.key_spec for layer in half.layers] == [("channel", 2, 32), ("channel", 4, 64),
-                                                         ("channel", 2, 32), ("channel", 4, 64)]
+    assert [layer.value_spec for layer in half.layers] == [("token", 2, 32), ("token", 4, 64),
+                                                           ("token", 2, 32), ("token", 4, 64)]
     none = cache_nbytes(_filled(LayerwiseKV(ranking=ranking, low_fraction=0.0), config))
     every = cache_nbytes(_filled(LayerwiseKV(ranking=ranking, low_fraction=1.0), config))
     k4v4 = cache_nbytes(_filled(FormatKV(), config))
@@ -52,4 +52,4 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="low_fraction"):
         LayerwiseKV(low_fraction=1.5)
     with pytest.raises(ValueError, match="keys need at least"):
-        LayerwiseKV(low_key=["channel", 2, 32], low_value=["token", 4, 32])
+        LayerwiseKV(low_key=["channel", 2, 32], low_value=["token", 4, 32])  # the low layout obeys it too
