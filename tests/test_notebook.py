@@ -1,8 +1,6 @@
 """notebooks/analysis.ipynb runs headless: over real (tiny-model) results, over suites with no
 usable rows, and over an empty results folder."""
 
-import time
-
 import pytest
 
 from tests.conftest import REPO, TINY, run_cli
@@ -17,10 +15,9 @@ def execute(results_dir, monkeypatch) -> str:
 
     monkeypatch.setenv("OLLM_RESULTS_DIR", str(results_dir))  # the kernel inherits this environment
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    start = time.perf_counter()
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+    # timeout: a cell that hangs fails the test; how fast it runs is not what this test checks.
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    assert time.perf_counter() - start < 60
     texts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
