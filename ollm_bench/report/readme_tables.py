@@ -41,6 +41,8 @@ def side_by_side(results: Path, suite: str, lengths=None) -> str:
     s = s[s.optim != "baseline"]
     if lengths:
         s = s[s.seq_len.isin(lengths)]
+    if s.empty:  # a table of models needs a method beside the baseline
+        return f"Only baseline rows in results/{suite} yet."
     models = sorted(s.model.unique())
     head = "| method | content | len | " + " | ".join(f"{m}: Δppl [95% CI] | gate | KV/16-bit | n" for m in models) + " |"
     lines = [head, "|" + "---|" * (3 + 4 * len(models))]
