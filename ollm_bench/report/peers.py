@@ -73,15 +73,9 @@ def peer_comparison(df: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
         .reset_index(drop=True) if out else pd.DataFrame(columns=[*KEY, *COLUMNS[3:]])
 
 
-def markdown(table: pd.DataFrame) -> list[str]:
-    if table.empty:
-        return []
-    lines = ["## Against the peers: quality per byte", "",
-             "Per cell and peer: the method of ours with the lowest Δppl among those holding no more KV bytes "
-             "(KV / 16-bit with fp32 tensors counted at 16 bits, as a 16-bit deployment holds them), "
-             f"and its perplexity vs the peer's paired on the same documents ({CI_METHOD}). `better` / `worse`: "
-             "the interval lies wholly below / above 0; `as good`: it spans 0.", "",
-             "| model | content | len | peer (KV / 16-bit, Δppl) | ours (KV / 16-bit, Δppl) | ours vs peer [95 % CI] | n | verdict |",
+def table_lines(table: pd.DataFrame) -> list[str]:
+    """The comparison as markdown table lines (header first)."""
+    lines = ["| model | content | len | peer (KV / 16-bit, Δppl) | ours (KV / 16-bit, Δppl) | ours vs peer [95 % CI] | n | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         peer = f"{r.peer} ({r.peer_kv_ratio:.3f}, {pct(r.peer_delta)})"
@@ -90,4 +84,15 @@ def markdown(table: pd.DataFrame) -> list[str]:
               if pd.notna(r.ours_vs_peer) else "—")
         n = int(r.n_docs) if pd.notna(r.n_docs) else "—"
         lines.append(f"| {r.model} | {r.content} | {int(r.seq_len)} | {peer} | {ours} | {vs} | {n} | {r.verdict} |")
-    return [*lines, ""]
+    return lines
+
+
+def markdown(table: pd.DataFrame) -> list[str]:
+    """The report section: heading, what the columns mean, the table."""
+    if table.empty:
+        return []
+    return ["## Against the peers: quality per byte", "",
+            "Per cell and peer: the method of ours with the lowest Δppl among those holding no more KV bytes "
+            "(KV / 16-bit with fp32 tensors counted at 16 bits, as a 16-bit deployment holds them), "
+            f"and its perplexity vs the peer's paired on the same documents ({CI_METHOD}). `better` / `worse`: "
+            "the interval lies wholly below / above 0; `as good`: it spans 0.", "", *table_lines(table), ""]

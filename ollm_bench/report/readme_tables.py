@@ -29,15 +29,23 @@ def _rows(results: Path, suite: str) -> pd.DataFrame | None:
     return df if (df.status == "ok").any() else None
 
 
-def side_by_side(results: Path, suite: str, lengths=None) -> str:
-    """One row per (method, content, length); per model: Δppl [95% CI], gate, KV / 16-bit, n."""
+def _quality(results: Path, suite: str) -> tuple[pd.DataFrame, pd.DataFrame] | str:
+    """(rows, quality summary) of a suite, or the line a table shows in their place."""
     df = _rows(results, suite)
     if df is None:
         return f"No rows in results/{suite} yet."
     try:
-        s, _ = suite_summary(df, results / suite)
+        return df, suite_summary(df, results / suite)[0]
     except StoreError as exc:
         return f"No quality rows in results/{suite}: {exc}"
+
+
+def side_by_side(results: Path, suite: str, lengths=None) -> str:
+    """One row per (method, content, length); per model: Δppl [95% CI], gate, KV / 16-bit, n."""
+    got = _quality(results, suite)
+    if isinstance(got, str):
+        return got
+    s = got[1]
     s = s[s.optim != "baseline"]
     if lengths:
         s = s[s.seq_len.isin(lengths)]
@@ -61,17 +69,13 @@ def side_by_side(results: Path, suite: str, lengths=None) -> str:
 
 def peers_table(results: Path, suite: str = "kv") -> str:
     """Per cell and peer: the best method of ours at no more bytes, paired against the peer."""
-    from .peers import markdown, peer_comparison
+    from .peers import peer_comparison, table_lines
 
-    df = _rows(results, suite)
-    if df is None:
-        return f"No rows in results/{suite} yet."
-    try:
-        s, _ = suite_summary(df, results / suite)
-    except StoreError as exc:
-        return f"No quality rows in results/{suite}: {exc}"
-    lines = markdown(peer_comparison(df, s))
-    return "\n".join(lines[4:]).strip() if lines else f"No peer rows in results/{suite} yet."
+    got = _quality(results, suite)
+    if isinstance(got, str):
+        return got
+    table = peer_comparison(*got)
+    return "\n".join(table_lines(table)) if len(table) else f"No peer rows in results/{suite} yet."
 
 
 def kv_gpu_table(results: Path) -> str:
