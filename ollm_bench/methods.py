@@ -29,6 +29,15 @@ def optim_config(name: str) -> OptimConfig:
     return to_bench_part(OptimConfig, raw, f"conf/optim/{name}.yaml")
 
 
+def method_fingerprint(name: str) -> str | None:
+    """Digest of method `name`'s configured parameters and code (None: no such method any more)."""
+    from .run.identity import method_fingerprint as fingerprint
+
+    if name not in optim_names():
+        return None
+    return fingerprint(dict(optim_config(name).method))
+
+
 def build_method(name: str, **overrides):
     """An instance of method `name` with its configured parameters (`overrides` replace some)."""
     from hydra.utils import instantiate

@@ -135,3 +135,27 @@ def test_only_the_projects_results_folder_updates_the_readme_table():
     assert tasks_readme("", "./results/") == Path("README.md")
     assert tasks_readme("", "results/router") is None  # a side run leaves the README alone
     assert tasks_readme("docs/x.md", "results/router") == Path("docs/x.md")
+
+
+def test_results_of_a_retuned_method_are_marked_stale_not_dropped():
+    """A task score belongs to the method's parameters and code when measured: after a method is
+    re-tuned its old scores stay in the table, marked stale, and `tasks` measures it again."""
+    from ollm_bench.evaluate.task_suite import _table, quality_markdown
+    from ollm_bench.methods import method_fingerprint
+    from ollm_bench.run.identity import method_fingerprint as of_params
+
+    params = {"_target_": "optim.kv_adaptive.AdaptiveKV", "max_error": 0.05}
+    assert of_params(params) == of_params(dict(params))
+    assert of_params(params) != of_params(params | {"max_error": 0.2})
+    assert method_fingerprint("kv_int8") and method_fingerprint("no_such_method") is None
+
+    now = {"baseline": "b1", "opt": "o2", "old": "x"}
+    entries = [_entry("baseline", "t", [1, 1, 1, 1]) | {"method_id": "b1"},
+               _entry("opt", "t", [0, 0, 1, 1]) | {"method_id": "o1"},  # measured before a re-tune
+               _entry("old", "t", [1, 1, 1, 1])]  # stored before fingerprints existed
+    table = _table(entries, "cpu", now)
+    assert table.set_index("optim").stale.to_dict() == {"baseline": False, "opt": True, "old": True}
+    body = quality_markdown(table)
+    assert "| opt | t | acc | 4 | 0.500 | +50.0 pts" in body and "(stale)" in body and "measures it again" in body
+    fresh = quality_markdown(_table([entries[0], entries[1] | {"method_id": "o2"}], "cpu", now))
+    assert "(stale)" not in fresh

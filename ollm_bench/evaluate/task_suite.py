@@ -79,14 +79,19 @@ def save_entry(path: Path, entry: dict) -> list[dict]:
     return entries
 
 
-def _table(entries: list[dict], device: str) -> pd.DataFrame:
+def _table(entries: list[dict], device: str, current: dict[str, str | None] | None = None) -> pd.DataFrame:
+    """One row per entry x metric, paired with the baseline's entry of the task. `current` maps an
+    optim to its method fingerprint now: an entry measured under other parameters or code is kept
+    and marked `stale` (entries from before fingerprints were stored count as stale)."""
     base = {e["task"]: e for e in entries if e["optim"] == "baseline"}
     rows = []
     for e in entries:
+        stale = current is not None and (e.get("method_id") is None or e.get("method_id") != current.get(e["optim"]))
         for metric, docs in e["per_doc"].items():
             row = {"optim": e["optim"], "task": e["task"], "metric": metric, "n_docs": len(docs),
                    "value": aggregate(metric, list(docs.values())), "limit": e["limit"],
                    "device": e.get("device", device), "started_at": e.get("started_at", ""),
+                   "method_id": e.get("method_id", ""), "stale": stale,
                    "router_choices": json.dumps(e["router_choices"]) if e.get("router_choices") else ""}
             if e["optim"] != "baseline" and e["task"] in base:
                 loss = paired_loss(metric, docs, base[e["task"]]["per_doc"][metric])
@@ -113,7 +118,7 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from .lm_eval_model import CacheInLoopLM
-    from ..methods import build_scoring_method
+    from ..methods import build_scoring_method, method_fingerprint
     from ..run.environment import device_name
     from ..models import load_pretrained
     from ..tasks import check_tasks, declared_kind, evaluate, task_manager
@@ -135,8 +140,12 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
                for name, m in methods.items() if hasattr(m, "observe")}
     samples_path = out_dir / "samples.jsonl"
     entries = read_samples(samples_path)
+    current = {name: method_fingerprint(name) for name in {*optims, *(e["optim"] for e in entries)}}
+    # Done: same limit, same parameters and code (a re-tuned or edited method runs again), and for
+    # a router the same learned history.
     done = {(e["optim"], e["task"]) for e in entries
-            if e["limit"] == limit and e.get("router_history") == learned.get(e["optim"])}
+            if e["limit"] == limit and e.get("method_id") == current[e["optim"]]
+            and e.get("router_history") == learned.get(e["optim"])}
     todo = [(o, t) for o in optims for t in tasks if force or (o, t) not in done]
     device = device_name(torch.device("cpu"))
     for optim, task in tqdm(todo, desc="suite=quality", unit="task"):
@@ -150,14 +159,14 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
             result = evaluate(model, [task], limit=limit, log_samples=True)
         finally:
             model.detach()
-        entry = {"optim": optim, "task": task, "limit": limit, "device": device,
+        entry = {"optim": optim, "task": task, "limit": limit, "device": device, "method_id": current[optim],
                  "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                  "router_choices": dict(model.router_choices), "per_doc": per_doc(result["samples"][task])}
         if optim in learned:  # what it had learned when judged, and why it chose as it did last
             entry |= {"router_history": learned[optim], "router_explain": method.explain()}
         entries = save_entry(samples_path, entry)
         print(f"[ollm_bench] {optim} / {task} done", flush=True)
-    table = _table(entries, device)
+    table = _table(entries, device, current)
     table.to_csv(out_dir / "tasks.csv", index=False)
     return table
 
@@ -179,7 +188,12 @@ def quality_markdown(table: pd.DataFrame) -> str:
         if isinstance(r.loss, float) and not math.isnan(r.loss):
             loss = format_loss(r.loss, r.loss_ci_low, r.loss_ci_high, r.loss_unit)
         gate = r.gate if isinstance(r.gate, str) else ""
+        if bool(getattr(r, "stale", False)):
+            gate = f"{gate} (stale)".strip()
         picks = r.router_choices if isinstance(r.router_choices, str) else ""
         lines.append(f"| {r.optim} | {r.task} | {r.metric} | {r.n_docs} | {r.value:.3f} | {loss} | {gate} | {picks} |")
+    if "stale" in t and t.stale.eq(True).any():
+        lines += ["", "(stale): measured under other parameters or code than the method's YAML and module now "
+                  "(or before results recorded them); `python -m ollm_bench tasks optims=NAME` measures it again."]
     lines += ["", f"Intervals: accuracy, {BINARY_CI_METHOD}; perplexity, {CI_METHOD} (`ollm_bench/evaluate/paired.py`)."]
     return "\n".join(lines)

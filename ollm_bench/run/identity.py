@@ -99,6 +99,12 @@ def method_code(bench: BenchConfig) -> str:
     return digest(code_closure(_targets(dict(bench.optim.method))))
 
 
+def method_fingerprint(params: dict) -> str:
+    """A method's parameters and code: what a stored result outside the sweep store (a task score)
+    must match to count as this method's current result."""
+    return digest({"params": params, "code": code_closure(_targets(params))})
+
+
 def run_identity(bench: BenchConfig) -> dict:
     """Everything a row's config hash covers, as plain data (stored in the row's `identity_json`)."""
     from ..data import source_fingerprint
