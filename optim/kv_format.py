@@ -27,6 +27,7 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import Cache
 
 from .base import KVCacheMethod
+from .fused_attention import KernelChoice
 from .kv_quant import SpecKVLayer, build_checked, decode, encode, enc_cat
 from .rope import RopeRotation
 
@@ -59,7 +60,7 @@ class PreRopeSpecKVLayer(SpecKVLayer):
 
 
 @dataclass
-class FormatKV(KVCacheMethod):
+class FormatKV(KernelChoice, KVCacheMethod):
     key: list = field(default_factory=lambda: ["channel", 4, 64])
     value: list = field(default_factory=lambda: ["token", 4, 64])
     residual: int = 128
@@ -67,8 +68,10 @@ class FormatKV(KVCacheMethod):
     name: str = "kv_format"
     allow_reversed: bool = False  # ablation rows only: keys less precise than values, to measure that choice
     key_pre_rope: bool = False  # quantize keys before RoPE (KVQuant); positions = cache index (no left padding)
+    kernel: str = "torch"  # torch | triton (the static store + fused decode kernel of optim.kv_static)
 
     def __post_init__(self):
+        KernelChoice.__post_init__(self)
         self.key, self.value = tuple(self.key), tuple(self.value)
         bits = {"fp8": 8}
         kb = bits.get(self.key[0], self.key[1] if len(self.key) > 1 else None)
@@ -78,8 +81,28 @@ class FormatKV(KVCacheMethod):
                              "keys need at least the values' precision (allow_reversed=true for an ablation row)")
         if self.sinks < 0:
             raise ValueError(f"{self.name}: sinks must be >= 0, got {self.sinks}")
+        if self.kernel == "triton":
+            self.store_format()  # a layout the fused store cannot hold is refused here, not at the first cache
+
+    def store_format(self):
+        """The static store that holds this layout for `kernel="triton"`: per-channel keys with
+        per-token value groups (KIVI's store) or fp8 values (kv_mixed's), no sinks, keys after RoPE."""
+        from .kv_static import kivi_format, mixed_format
+
+        if self.sinks or self.key_pre_rope:
+            raise ValueError(f"{self.name}: the fused store (kernel=triton) keeps no sink tokens and quantizes keys "
+                             "after RoPE; use sinks=0 and key_pre_rope=false, or kernel=torch")
+        key, value = self.key, self.value
+        if key[0] != "channel" or value[0] not in ("token", "fp8") or (value[0] == "fp8" and key[1] != 4):
+            raise ValueError(f"{self.name}: no fused store for keys {list(key)} with values {list(value)}; the fused "
+                             "kernels read per-channel keys with per-token values or 4-bit keys with fp8 values")
+        if value[0] == "fp8":
+            return mixed_format(key[2], self.residual)
+        return kivi_format(key[1], key[2], value[2], self.residual, value_bits=value[1])
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
+        if self.kernel == "triton":
+            return self.static_cache(config)
         ropes = {}
         if self.key_pre_rope:
             ropes = {kind: RopeRotation.from_config(config, kind) for kind in ("full_attention", "sliding_attention")}

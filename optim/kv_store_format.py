@@ -66,5 +66,9 @@ def mixed_format(group: int = 64, residual: int = 0) -> StoreFormat:
     return StoreFormat("mixed", key_bits=4, value_bits=8, group=group, residual=residual)
 
 
-def kivi_format(bits: int = 2, group: int = 32, value_group: int = 32, residual: int = 128) -> StoreFormat:
-    return StoreFormat("kivi", key_bits=bits, value_bits=bits, group=group, residual=residual, value_group=value_group)
+def kivi_format(bits: int = 2, group: int = 32, value_group: int = 32, residual: int = 128,
+                value_bits: int | None = None) -> StoreFormat:
+    """KIVI's layout: per-channel keys, per-token value groups; `value_bits` other than `bits` for
+    our kv_k4v4 / kv_k4v2 layouts (optim.kv_format), which store the same way."""
+    return StoreFormat("kivi", key_bits=bits, value_bits=value_bits or bits, group=group, residual=residual,
+                       value_group=value_group)

@@ -128,3 +128,17 @@ def test_no_rows_no_number(tmp_path, id_):
     write(tmp_path, [mem("torch_caching", "fragmentation", (0.5, 0.45, 0.55)), decode_row("baseline", 8192, 1, 10.0)])
     table = evaluate([claim(id_)], tmp_path)
     assert list(table.verdict) == ["no data"] and table.value.isna().all()
+
+
+def test_a_row_run_with_an_override_is_labelled_and_not_the_configured_method(tmp_path):
+    """kv_mixed measured with residual=128 (not its YAML's 0) is shown as `kv_mixed(residual=128)` and
+    never decides C9, which is about the method as configured."""
+    from ollm_bench.report.readme_tables import kv_gpu_table
+
+    override = {"config_json": {"optim": {"method": {"_target_": "optim.kv_mixed.MixedPrecisionKV", "residual": 128}}}}
+    rows = decode_cells([11.0, 11.0]) + [decode_row("kv_mixed", c, 1, 8.0, 0.2, "triton", **override)
+                                         for c in (8192, 32768)]
+    write(tmp_path, rows)
+    assert list(evaluate([claim("C9")], tmp_path).verdict) == ["not reproduced"]
+    table = kv_gpu_table(tmp_path)
+    assert "| kv_mixed(residual=128) | triton |" in table and "| kv_mixed | torch |" in table

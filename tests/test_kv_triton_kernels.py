@@ -19,12 +19,17 @@ FORMATS = {
     "mixed": mixed_format(group=32, residual=0),
     "kivi": kivi_format(bits=2, group=32, value_group=32, residual=24),
     "kivi_r0": kivi_format(bits=2, group=16, value_group=16, residual=0),
+    # Our kv_k4v4 / kv_k4v2 layouts (optim.kv_format, kernel=triton): one value group per head (64
+    # channels) down to 2-bit values in groups of 32.
+    "k4v4": kivi_format(bits=4, group=16, value_group=64, residual=8, value_bits=4),
+    "k4v2": kivi_format(bits=4, group=32, value_group=32, residual=40, value_bits=2),
 }
 # Per sequence, after one decode write: length 1 (written by the kernel alone), not a multiple of
 # any block, an empty 16-bit window (residual 0, whole blocks), a full window (residual + G - 1).
 LENGTHS = {
     "plain": [1, 63, 129, 200], "int8": [1, 63, 129, 200],
     "mixed": [1, 77, 96, 127], "kivi": [1, 88, 151, 37], "kivi_r0": [1, 96, 111, 53],
+    "k4v4": [1, 40, 121, 23], "k4v2": [1, 70, 200, 150],
 }
 # Every format meets every head_dim and GQA group size 1, 3 and 4+ (query heads per KV head).
 SHAPES = [(64, 3, torch.bfloat16), (128, 4, torch.bfloat16), (256, 1, torch.float16)]
@@ -125,12 +130,12 @@ def test_fp32_query_and_many_splits():
     assert out.dtype == torch.float32 and relative_error(out, reference_attention(layer, query, 128**-0.5)) < TOL
 
 
-@pytest.mark.parametrize("name", ["plain", "int8", "mixed", "kivi", "kivi4"])
+@pytest.mark.parametrize("name", ["plain", "int8", "mixed", "kivi", "kivi4", "k4v2"])
 def test_quantize_on_write_equals_encode(name):
     """Tokens written one at a time by the Triton kernel give the codes, scales and zeros that
     optim.kv_quant.encode / kv_int8.quantize_int8_per_token give when appended at once."""
     fmt = kivi_format(bits=4, group=16, value_group=32, residual=5) if name == "kivi4" else FORMATS[name]
-    dtype = torch.float32 if name in ("mixed", "kivi4") else torch.bfloat16  # fp32 models: 16-bit rounding first
+    dtype = torch.float32 if name in ("mixed", "kivi4", "k4v2") else torch.bfloat16  # fp32 models: 16-bit rounding first
     gen = torch.Generator().manual_seed(1)
     k = (torch.randn(2, 2, 83, 64, generator=gen) * 3).to(dtype)
     v = torch.randn(2, 2, 83, 64, generator=gen).to(dtype)
@@ -148,6 +153,29 @@ def test_quantize_on_write_equals_encode(name):
         if a.dtype == torch.float8_e4m3fn:
             a, b = a.view(torch.uint8), b.view(torch.uint8)
         assert torch.equal(a, b), f"{name_} differs"
+
+
+def test_our_layouts_get_the_fused_store_or_a_clear_refusal():
+    """kv_k4v4 / kv_k4v2 / kv_mixed-like FormatKV layouts map onto the store the kernels read; what
+    it cannot hold (sinks, pre-RoPE keys, per-token keys) is refused when the method is built."""
+    from transformers import LlamaConfig
+
+    from optim.kv_format import FormatKV
+    from ollm_bench.methods import build_method
+
+    k4v4 = build_method("kv_k4v4", sinks=0, kernel="triton")
+    assert k4v4.store_format() == kivi_format(bits=4, group=64, value_group=64, residual=128, value_bits=4)
+    assert build_method("kv_k4v2", sinks=0, kernel="triton").store_format().value_bits == 2
+    fp8_values = FormatKV(value=["fp8"], sinks=0, residual=0, kernel="triton", allow_reversed=True)  # kv_mixed's layout
+    assert fp8_values.store_format() == mixed_format(64, 0)
+    config = LlamaConfig(vocab_size=64, hidden_size=256, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    cache = k4v4.make_cache(config)
+    assert isinstance(cache, StaticStoreCache) and cache.layers[0].fmt.value_bits == 4
+    for bad, match in [(dict(), "no sink tokens"), (dict(sinks=0, key_pre_rope=True), "after RoPE"),
+                       (dict(sinks=0, key=["token", 8, 64], value=["token", 4, 64]), "no fused store")]:
+        with pytest.raises(ValueError, match=match):
+            FormatKV(kernel="triton", **bad)
 
 
 def test_bad_input_is_a_clear_error():

@@ -87,7 +87,7 @@ def kv_gpu_table(results: Path) -> str:
              "KV / 16-bit |", "|" + "---|" * 10]
     for _, r in s.iterrows():
         kv = r.kv_bytes / r.kv_bytes_16bit if r.kv_bytes_16bit else float("nan")
-        lines.append(f"| {r.device} | {r.decode_mode} | {r.optim} | {r.kernel} | {int(r.seq_len)} | {int(r.batch_size)} | "
+        lines.append(f"| {r.device} | {r.decode_mode} | {r.label} | {r.kernel} | {int(r.seq_len)} | {int(r.batch_size)} | "
                      f"{r.step_ms:.2f} [{r.step_ms_p10:.2f}, {r.step_ms_p90:.2f}] | {r.bw_fraction:.2f} | "
                      f"{r.speedup:.2f} | {kv:.3f} |")
     return "\n".join(lines)

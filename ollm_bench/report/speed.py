@@ -39,11 +39,35 @@ def mode_label(row) -> str:
     return FUSED_GRAPH if row.decode_mode == "graph" and extra.get("fused_pointwise") else row.decode_mode
 
 
+def config_label(optim: str, params: dict) -> str:
+    """`optim`, plus the parameters a row ran with that differ from its YAML now (the kernel has
+    its own column): a row measured with an override (kv_k4v4 without sinks on the fused store)
+    is never read as the configured method."""
+    import json
+
+    from ..errors import ConfigError
+    from ..methods import optim_config
+
+    try:
+        configured = dict(optim_config(optim).method)
+    except ConfigError:
+        return optim
+    same = lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)  # noqa: E731 (lists vs tuples)
+    diff = [f"{k}={json.dumps(v, default=str)}" for k, v in sorted(params.items())
+            if k not in ("kernel", "_target_") and not same(v, configured.get(k))]
+    return f"{optim}({', '.join(diff)})" if diff else optim
+
+
 def decode_summary(df: pd.DataFrame) -> pd.DataFrame:
+    from .quality import method_params
+
     ok = df[(df.status == "ok") & df.step_ms.notna()].sort_values("started_at").copy()
     if len(ok):
         ok["decode_mode"] = [mode_label(r) for r in ok.itertuples()]
-    ok = ok.drop_duplicates(subset=DECODE_KEY + ["optim", "kernel"], keep="last").copy()
+        ok["label"] = [config_label(r.optim, method_params(r)) for r in ok.itertuples()]
+    else:
+        ok["label"] = ok.optim
+    ok = ok.drop_duplicates(subset=DECODE_KEY + ["label", "kernel"], keep="last").copy()
     ok["speedup"] = ratio_to(ok, DECODE_KEY, "baseline", "step_ms")
     # The prefill share a compressing store pays for quantizing on write: its prefill against the
     # 16-bit store's (baseline) of the same machine, mode, context, batch and kernel.
@@ -62,7 +86,7 @@ def decode_table(s: pd.DataFrame) -> str:
     for _, r in s.iterrows():
         lines.append(
             f"| {r.model} | {str(r.device).replace('NVIDIA ', '')} | {r.decode_mode} | {int(r.seq_len)} | {int(r.batch_size)} | "
-            f"{r.optim} | {r.kernel} | "
+            f"{r.label} | {r.kernel} | "
             f"{r.step_ms:.3f} [{_g(r.step_ms_p10, '.3f')}, {_g(r.step_ms_p90, '.3f')}] | {_g(r.gpu_busy_ms, '.3f')} | "
             f"{_g(r.bytes_per_step / 1e6, '.1f')} | {_g(r.achieved_gbps, '.0f')} | {_g(r.bw_fraction, '.2f')} | "
             f"{_g(r.speedup, '.2f')} | {_g(r.n_repeats, '.0f')} |")

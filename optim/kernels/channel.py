@@ -83,8 +83,11 @@ def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, LENS, PO, PM, PL, sqb, sq
                 m_i, l_i, acc = attend_block(scores, v, tl.load(VS + n).to(tl.float32)[None, :], m_i, l_i, acc, DOT)
             else:
                 codes = tl.load(VC + n[:, None] * (D * VBITS // 8) + v_byte[None, :]).to(tl.int32)
-                v_scale = tl.load(VS + n[:, None] * (D // VG) + (v_chan // VG)[None, :]).to(tl.float32)
-                v_zero = tl.load(VZ + n[:, None] * (D // VG) + (v_chan // VG)[None, :]).to(tl.float32)
+                # One scale and zero per (token, group) loaded, spread over the group's columns in
+                # registers (a per-column gather costs 2*D loads per token and dominated the step).
+                grp = n[:, None] * (D // VG) + tl.arange(0, D // VG)[None, :]
+                v_scale = group_columns(tl.load(VS + grp).to(tl.float32), G, D, VG, VBITS)
+                v_zero = group_columns(tl.load(VZ + grp).to(tl.float32), G, D, VG, VBITS)
                 v = ((codes >> v_shift[None, :]) & ((1 << VBITS) - 1)).to(tl.float32) * v_scale + v_zero
                 m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
         store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, v_chan, QH, M, D)
@@ -197,6 +200,16 @@ def channel_phases(D: tl.constexpr, BITS: tl.constexpr):
     phase = k // DP
     byte = k % DP
     return byte * (8 // BITS) + phase, byte, phase * BITS
+
+
+@triton.jit
+def group_columns(x, ROWS: tl.constexpr, D: tl.constexpr, VG: tl.constexpr, BITS: tl.constexpr):
+    """[ROWS, D/VG] per-group values -> [ROWS, D] in `channel_phases` column order. Column
+    k = phase * DP + byte holds channel byte * P + phase (P = 8/BITS codes per byte), whose group
+    is byte // (VG/P) as long as P divides VG: so the order is (phase, group, byte within group)."""
+    P: tl.constexpr = 8 // BITS
+    NG: tl.constexpr = D // VG
+    return tl.reshape(tl.broadcast_to(tl.reshape(x, (ROWS, 1, NG, 1)), (ROWS, P, NG, VG // P)), (ROWS, D))
 
 
 @triton.jit
