@@ -68,29 +68,29 @@ def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, LENS, PO, PM, PL, sqb, sq
         window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, n_tok, stored, sqb, sqh, qk_scale, bh * NPART + NSPLIT,
                        HKV, QH, M, D, W, G, DOT)
     elif start < stored:
-        chan, byte, shift = channel_phases(D, KBITS)
-        v_chan, v_byte, v_shift = channel_phases(D, VBITS)  # VBITS 8 (fp8): natural order
-        q = load_query(Q, b, h, sqb, sqh, chan, qk_scale, QH, M)
+        d = tl.arange(0, D)
+        q = load_query(Q, b, h, sqb, sqh, d, qk_scale, QH, M)
         row0 = bh.to(tl.int64) * cap
         cbase = row0 * (D * KBITS // 8)
         sbase = bh.to(tl.int64) * (cap // G) * D
         m_i, l_i, acc = softmax_state(M, D)
         for n0 in range(start, tl.minimum(start + SPLIT, stored), G):  # whole blocks: no masks
-            scores = channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, chan, byte, shift, G, D, KBITS, DOT)
+            scores = channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
             n = row0 + n0 + tl.arange(0, G)
             if FP8:
-                v = tl.load(VC + n[:, None] * D + v_chan[None, :]).to(DOT)  # e4m3 is exact in 16 bits
+                v = tl.load(VC + n[:, None] * D + d[None, :]).to(DOT)  # e4m3 is exact in 16 bits
                 m_i, l_i, acc = attend_block(scores, v, tl.load(VS + n).to(tl.float32)[None, :], m_i, l_i, acc, DOT)
             else:
-                codes = tl.load(VC + n[:, None] * (D * VBITS // 8) + v_byte[None, :]).to(tl.int32)
-                # One scale and zero per (token, group) loaded, spread over the group's columns in
-                # registers (a per-column gather costs 2*D loads per token and dominated the step).
+                VP: tl.constexpr = D * VBITS // 8
+                codes = unpack_codes(tl.load(VC + n[:, None] * VP + tl.arange(0, VP)[None, :]), G, D, VBITS)
+                # One scale and zero per (token, group) loaded, spread over the group's channels in
+                # registers (a per-channel gather costs 2*D loads per token and dominated the step).
                 grp = n[:, None] * (D // VG) + tl.arange(0, D // VG)[None, :]
-                v_scale = group_columns(tl.load(VS + grp).to(tl.float32), G, D, VG, VBITS)
-                v_zero = group_columns(tl.load(VZ + grp).to(tl.float32), G, D, VG, VBITS)
-                v = ((codes >> v_shift[None, :]) & ((1 << VBITS) - 1)).to(tl.float32) * v_scale + v_zero
+                v_scale = group_columns(tl.load(VS + grp).to(tl.float32), G, D, VG)
+                v_zero = group_columns(tl.load(VZ + grp).to(tl.float32), G, D, VG)
+                v = codes.to(tl.float32) * v_scale + v_zero
                 m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
-        store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, v_chan, QH, M, D)
+        store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, d, QH, M, D)
 
 
 @triton.jit
@@ -190,40 +190,35 @@ def quantize_key_block(x, KC, KS, KZ, cbase, sbase, first, G: tl.constexpr, D: t
 
 
 @triton.jit
-def channel_phases(D: tl.constexpr, BITS: tl.constexpr):
-    """Phase-major columns for codes packed 8/BITS per byte along head_dim: column k reads byte
-    k % DP at bit offset (k // DP) * BITS, i.e. channel `chan[k]`. Loading each byte 8/BITS times
-    (the repeats hit L1) unpacks a [rows, DP] tile into [rows, D] without reshapes; queries and
-    scales are gathered in the same column order, so one dot covers all channels."""
-    DP: tl.constexpr = D * BITS // 8
-    k = tl.arange(0, D)
-    phase = k // DP
-    byte = k % DP
-    return byte * (8 // BITS) + phase, byte, phase * BITS
+def unpack_codes(packed, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
+    """uint8 [ROWS, D*BITS/8] -> int32 codes [ROWS, D] in channel order: the inverse of
+    `quantize.pack_codes` (consecutive channels per byte, lowest bits first). One contiguous load
+    of the packed bytes, unpacked in registers."""
+    PER: tl.constexpr = 8 // BITS
+    shifts = tl.arange(0, PER) * BITS
+    codes = (packed.to(tl.int32)[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
+    return tl.reshape(codes, (ROWS, D))
 
 
 @triton.jit
-def group_columns(x, ROWS: tl.constexpr, D: tl.constexpr, VG: tl.constexpr, BITS: tl.constexpr):
-    """[ROWS, D/VG] per-group values -> [ROWS, D] in `channel_phases` column order. Column
-    k = phase * DP + byte holds channel byte * P + phase (P = 8/BITS codes per byte), whose group
-    is byte // (VG/P) as long as P divides VG: so the order is (phase, group, byte within group)."""
-    P: tl.constexpr = 8 // BITS
+def group_columns(x, ROWS: tl.constexpr, D: tl.constexpr, VG: tl.constexpr):
+    """[ROWS, D/VG] per-group values -> [ROWS, D], each repeated over its group's VG channels."""
     NG: tl.constexpr = D // VG
-    return tl.reshape(tl.broadcast_to(tl.reshape(x, (ROWS, 1, NG, 1)), (ROWS, P, NG, VG // P)), (ROWS, D))
+    return tl.reshape(tl.broadcast_to(tl.reshape(x, (ROWS, NG, 1)), (ROWS, NG, VG)), (ROWS, D))
 
 
 @triton.jit
-def channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, chan, byte, shift,
-                       G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, DOT: tl.constexpr):
+def channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
+                       DOT: tl.constexpr):
     """Scores [M, G] of a block of G per-channel keys (k = code * scale + zero, one fp16 scale and
     zero per channel and block): q.k = (q * scale).code + q.zero, so scales are folded into the
     query once per block and the codes go into the dot exactly."""
     DP: tl.constexpr = D * BITS // 8
-    LEVELS: tl.constexpr = (1 << BITS) - 1
+    d = tl.arange(0, D)
     blk = n0 // G
-    k_scale = tl.load(KS + sbase + blk * D + chan).to(tl.float32)
-    k_zero = tl.load(KZ + sbase + blk * D + chan).to(tl.float32)
-    codes = tl.load(KC + cbase + (n0 + tl.arange(0, G))[:, None] * DP + byte[None, :]).to(tl.int32)
-    k = ((codes >> shift[None, :]) & LEVELS).to(DOT)
+    k_scale = tl.load(KS + sbase + blk * D + d).to(tl.float32)
+    k_zero = tl.load(KZ + sbase + blk * D + d).to(tl.float32)
+    packed = tl.load(KC + cbase + (n0 + tl.arange(0, G))[:, None] * DP + tl.arange(0, DP)[None, :])
+    k = unpack_codes(packed, G, D, BITS).to(DOT)
     bias = tl.sum(q * k_zero[None, :], axis=1)
     return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(k)) + bias[:, None]
