@@ -57,6 +57,23 @@ def test_a_changed_method_module_changes_the_hash(bench, monkeypatch):
     assert identity.method_code(bench) != before
 
 
+def test_a_changed_triton_kernel_changes_the_hash_of_triton_runs_only(bench, monkeypatch):
+    """Kernels are loaded by name (optim/kernels/__init__.format_module), so no import statement
+    leads to them: a kernel=triton run still depends on their code, a torch-path run does not."""
+    real = identity._file_digest
+    edited = lambda p: "edited" if p.name == "channel.py" else real(p)  # noqa: E731
+    torch_path = identity.method_code(bench)
+    bench.optim.method["kernel"] = "triton"
+    try:
+        before = identity.method_code(bench)
+        monkeypatch.setattr(identity, "_file_digest", edited)
+        assert identity.method_code(bench) != before
+        del bench.optim.method["kernel"]
+        assert identity.method_code(bench) == torch_path
+    finally:
+        bench.optim.method.pop("kernel", None)
+
+
 def test_committed_rows_from_another_machine_are_not_done(bench, tmp_path, monkeypatch):
     """What a fresh clone sees: the committed rows' hash was made elsewhere, so nothing is skipped."""
     here = identity.config_hash(identity.run_identity(bench))

@@ -95,14 +95,28 @@ def _targets(node) -> list[str]:
     return []
 
 
+KERNELS = "optim.kernels"  # loaded by name at run time (importlib), so no import statement shows them
+
+
+def _method_modules(params: dict) -> list[str]:
+    """The modules a method's code lives in: its `_target_`s, and for `kernel: triton` every Triton
+    kernel module (a changed kernel is a changed method)."""
+    modules = _targets(params)
+    if params.get("kernel") == "triton":
+        spec = importlib.util.find_spec(KERNELS)
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        modules += [f"{KERNELS}.{p.stem}" for p in sorted(folder.glob("*.py")) if p.stem != "__init__"]
+    return modules
+
+
 def method_code(bench: BenchConfig) -> str:
-    return digest(code_closure(_targets(dict(bench.optim.method))))
+    return digest(code_closure(_method_modules(dict(bench.optim.method))))
 
 
 def method_fingerprint(params: dict) -> str:
     """A method's parameters and code: what a stored result outside the sweep store (a task score)
     must match to count as this method's current result."""
-    return digest({"params": params, "code": code_closure(_targets(params))})
+    return digest({"params": params, "code": code_closure(_method_modules(params))})
 
 
 def run_identity(bench: BenchConfig) -> dict:
