@@ -27,7 +27,8 @@ commands:
            through each optimization's cache; results/quality/tasks.csv with the paired gate
            e.g.  python -m ollm_bench tasks optims=kv_int8,kv_mixed limit=20
            a router (attn_router) first learns on calibrate=N (default limit) calibration requests
-           per task, never the judged ones (results/quality/router_calibration.md)
+           per task, never the judged ones (results/quality/router_calibration.md); rebuild=true
+           runs nothing and rebuilds the table, marking scores of since-changed methods (stale)
   calibrate choose a method's parameters on the calibration split (WikiText-2 valid.txt) from
            the candidates in conf/calibrate/NAME.yaml; writes them into conf/optim/NAME.yaml and
            the evidence into results/calibration/NAME.md
@@ -214,11 +215,13 @@ def tasks(args: list[str]) -> None:
     from .evaluate.task_suite import DEFAULT_TASKS, quality_markdown, run_tasks
 
     opts = _key_values(args, {"optims": "baseline,kv_int8", "tasks": ",".join(DEFAULT_TASKS), "limit": "20",
-                              "results_dir": "results", "force": "false", "readme": "", "calibrate": ""})
+                              "results_dir": "results", "force": "false", "readme": "", "calibrate": "",
+                              "rebuild": "false"})
     try:
         table = run_tasks(opts["optims"].split(","), opts["tasks"].split(","), int(opts["limit"]),
                           Path(opts["results_dir"]), force=opts["force"].lower() in ("1", "true", "yes"),
-                          calibrate=int(opts["calibrate"]) if opts["calibrate"] else None)
+                          calibrate=int(opts["calibrate"]) if opts["calibrate"] else None,
+                          rebuild=opts["rebuild"].lower() in ("1", "true", "yes"))
     except BenchError as exc:
         _fail(str(exc))
     body = quality_markdown(table)

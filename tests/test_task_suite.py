@@ -159,3 +159,21 @@ def test_results_of_a_retuned_method_are_marked_stale_not_dropped():
     assert "| opt | t | acc | 4 | 0.500 | +50.0 pts" in body and "(stale)" in body and "measures it again" in body
     fresh = quality_markdown(_table([entries[0], entries[1] | {"method_id": "o2"}], "cpu", now))
     assert "(stale)" not in fresh
+
+
+def test_rebuild_runs_nothing_and_marks_what_changed(tmp_path, monkeypatch):
+    """`tasks rebuild=true` rebuilds the table from stored scores without loading a model: a score
+    with today's fingerprint stays clean, one from before fingerprints is marked stale."""
+    import ollm_bench.models as models
+    from ollm_bench.evaluate.task_suite import run_tasks, _write_samples
+    from ollm_bench.methods import method_fingerprint
+
+    monkeypatch.setattr(models, "load_pretrained", lambda *a, **k: pytest.fail("rebuild loaded a model"))
+    out = tmp_path / "quality"
+    out.mkdir()
+    _write_samples(out / "samples.jsonl", [
+        _entry("baseline", "ollm_niah_1k", [1, 1, 1, 1], limit=4) | {"method_id": method_fingerprint("baseline")},
+        _entry("kv_int8", "ollm_niah_1k", [1, 0, 1, 1], limit=4)])
+    table = run_tasks(["baseline", "kv_int8"], ["ollm_niah_1k"], 4, tmp_path, rebuild=True)
+    assert table.set_index("optim").stale.to_dict() == {"baseline": False, "kv_int8": True}
+    assert (out / "tasks.csv").exists() and len(table) == 2

@@ -102,11 +102,12 @@ def _table(entries: list[dict], device: str, current: dict[str, str | None] | No
 
 
 def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path, force: bool = False,
-              calibrate: int | None = None) -> pd.DataFrame:
+              calibrate: int | None = None, rebuild: bool = False) -> pd.DataFrame:
     """Run each (optim, task) not already stored with the same `limit` (or all, with `force`),
     saving after each, then rebuild `tasks.csv` from every stored result. A router (an optim with
     `observe`) first learns on `calibrate` (default `limit`) calibration requests per task
-    (`router_calibration.py`); its stored results count as done only for the history it has now."""
+    (`router_calibration.py`); its stored results count as done only for the history it has now.
+    `rebuild`: run nothing, only rebuild the table (stale marks against today's methods)."""
     import functools
     import os
 
@@ -136,8 +137,9 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
         torch.set_flush_denormal(True)
         return load_pretrained("gemma3_270m")
 
-    learned = {name: calibrate_router(m, tasks, calibrate or limit, limit, get_lm, results_dir, force)
-               for name, m in methods.items() if hasattr(m, "observe")}
+    learned = {} if rebuild else {
+        name: calibrate_router(m, tasks, calibrate or limit, limit, get_lm, results_dir, force)
+        for name, m in methods.items() if hasattr(m, "observe")}
     samples_path = out_dir / "samples.jsonl"
     entries = read_samples(samples_path)
     current = {name: method_fingerprint(name) for name in {*optims, *(e["optim"] for e in entries)}}
@@ -146,7 +148,7 @@ def run_tasks(optims: list[str], tasks: list[str], limit: int, results_dir: Path
     done = {(e["optim"], e["task"]) for e in entries
             if e["limit"] == limit and e.get("method_id") == current[e["optim"]]
             and e.get("router_history") == learned.get(e["optim"])}
-    todo = [(o, t) for o in optims for t in tasks if force or (o, t) not in done]
+    todo = [] if rebuild else [(o, t) for o in optims for t in tasks if force or (o, t) not in done]
     device = device_name(torch.device("cpu"))
     for optim, task in tqdm(todo, desc="suite=quality", unit="task"):
         lm = get_lm()
