@@ -97,7 +97,10 @@ def attention_rows(gates: dict, model=M, times=TIMES):
 @pytest.mark.parametrize("gates,expected,value", [
     ({"attn_sliding": ["pass", "pass"], "attn_sparse": ["pass", "pass"]}, "reproduced", 1.0),  # fastest allowed
     ({"attn_sliding": ["pass", "fail"], "attn_sparse": ["fail", "pass"]}, "not reproduced", None),  # none allowed
-    ({"attn_sliding": ["fail", "pass"], "attn_multiscale": ["pass", "pass"]}, "not reproduced", 10 / 9.5 - 1),
+    ({"attn_sliding": ["fail", "pass"], "attn_sparse": ["fail", "fail"], "attn_multiscale": ["pass", "pass"]},
+     "not reproduced", 10 / 9.5 - 1),
+    # attn_sparse is timed (+43 %) but has no quality rows: it might be allowed, so no verdict yet.
+    ({"attn_sliding": ["fail", "pass"], "attn_multiscale": ["pass", "pass"]}, "inconclusive", 10 / 9.5 - 1),
     ({"attn_sliding": ["pass", "inconclusive"], "attn_sparse": ["fail", "pass"]}, "inconclusive", None),
 ])
 def test_c12_fastest_mechanism_that_keeps_quality(tmp_path, gates, expected, value):
@@ -118,9 +121,21 @@ def test_c13_per_content(tmp_path, gates, expected):
 
 
 def test_attention_claims_per_model(tmp_path):
-    write(tmp_path, attention_rows({"attn_sliding": ["pass", "pass"]})
-          + attention_rows({"attn_sliding": ["fail", "pass"]}, model=M2, times={}))
+    fails = {m: ["fail", "pass"] for m in ("attn_sliding", "attn_sparse", "attn_multiscale")}
+    write(tmp_path, attention_rows({"attn_sliding": ["pass", "pass"]}) + attention_rows(fails, model=M2, times={}))
     assert verdicts(tmp_path, claim("C12")) == {M: "reproduced", M2: "not reproduced"}
+
+
+def test_a_mechanism_measured_on_some_cells_only_is_not_yet_allowed(tmp_path):
+    """attn_sliding passes code but was never run on prose: it is not a pass on every cell, so the
+    claim waits (inconclusive) instead of crediting its speed."""
+    rows = attention_rows({"attn_sliding": ["pass", "pass"]}, times={})
+    rows += [r for r in attention_rows({"attn_sliding": ["pass", "pass"]}, model=M2) if r.get("content") != "prose"]
+    rows += attention_rows({"attn_multiscale": ["pass", "pass"], "attn_sparse": ["fail", "fail"]}, model=M2, times={})
+    write(tmp_path, rows)
+    got = evaluate([claim("C12")], tmp_path)
+    assert verdicts(tmp_path, claim("C12"))[M2] == "inconclusive"
+    assert "attn_sliding undecided" in got[got.scope == M2].evidence.iloc[0]
 
 
 @pytest.mark.parametrize("id_", ["C1", "C2", "C3", "C4", "C5", "C9", "C12", "C13"])

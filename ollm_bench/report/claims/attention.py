@@ -46,12 +46,19 @@ def routed_best(cells: pd.DataFrame, speed: pd.DataFrame, threshold: float) -> t
     """The fastest mechanism whose gate passes in every given cell: reproduced if its range clears
     the threshold; not reproduced if no passing or undecided mechanism could reach it (a mechanism
     that fails quality is never a router's pick, however fast); inconclusive otherwise."""
-    status = {m: _status(g) for m, g in cells.groupby("optim")}
-    timed = speed[speed.optim.isin(status)].assign(status=lambda d: d.optim.map(status))
+    need = set(zip(cells.content, cells.seq_len))
+    status = {}
+    for m, g in cells.groupby("optim"):  # a pass on some cells only is not a pass on every cell
+        got = _status(g)
+        status[m] = "undecided" if got == "pass" and set(zip(g.content, g.seq_len)) != need else got
+    # A timed mechanism with no quality rows yet might still be allowed: undecided, never left out.
+    timed = speed[speed.optim.str.startswith("attn_")].assign(status=lambda d: d.optim.map(status).fillna("undecided"))
     allowed, maybe = timed[timed.status == "pass"], timed[timed.status != "fail"]
     text = ", ".join(f"{r.optim} {r.status} {r.speedup:+.0%} [{r.low:+.0%}, {r.high:+.0%}]" for r in timed.itertuples())
     untimed = sorted(set(status) - set(timed.optim))
     text += f"; no timing for {', '.join(untimed)}" if untimed else ""
+    unmeasured = sorted(set(timed.optim) - set(status))
+    text += f"; no quality rows for {', '.join(unmeasured)}" if unmeasured else ""
     if allowed.empty:
         verdict = INCONCLUSIVE if (maybe.high >= threshold).any() else NOT_REPRODUCED
         return verdict, None, None, None, "no mechanism passes the gate on every cell (full attention kept); " + text
