@@ -142,3 +142,16 @@ def test_no_rows_no_number(tmp_path, id_):
     write(tmp_path, cells("kv_int8", ALL_PASS))  # rows exist, none of the claim's method
     table = evaluate([claim(id_)], tmp_path)
     assert list(table.verdict) == ["no data"] and table.value.isna().all()
+
+
+def test_rows_of_another_configuration_are_labelled_and_not_read(tmp_path):
+    """kv_adaptive rows measured with max_error 0.2 (its YAML says 0.05 now: a calibration changed
+    it) are shown as `kv_adaptive(max_error=0.2)` and never decide C14."""
+    from ollm_bench.report.quality import summarize
+    from ollm_bench.run.store import ResultStore
+
+    old = {"config_json": {"optim": {"method": {"_target_": "optim.kv_adaptive.AdaptiveKV", "max_error": 0.2}}}}
+    write(tmp_path, cells("kv_adaptive", ["fail"] * 4, **old))
+    assert list(evaluate([claim("C14")], tmp_path).verdict) == ["no data"]
+    labels = set(summarize(ResultStore(tmp_path / "kv" / "runs.csv").read()).label)
+    assert "kv_adaptive(max_error=0.2)" in labels

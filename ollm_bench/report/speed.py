@@ -39,27 +39,8 @@ def mode_label(row) -> str:
     return FUSED_GRAPH if row.decode_mode == "graph" and extra.get("fused_pointwise") else row.decode_mode
 
 
-def config_label(optim: str, params: dict) -> str:
-    """`optim`, plus the parameters a row ran with that differ from its YAML now (the kernel has
-    its own column): a row measured with an override (kv_k4v4 without sinks on the fused store)
-    is never read as the configured method."""
-    import json
-
-    from ..errors import ConfigError
-    from ..methods import optim_config
-
-    try:
-        configured = dict(optim_config(optim).method)
-    except ConfigError:
-        return optim
-    same = lambda a, b: json.dumps(a, default=str) == json.dumps(b, default=str)  # noqa: E731 (lists vs tuples)
-    diff = [f"{k}={json.dumps(v, default=str)}" for k, v in sorted(params.items())
-            if k not in ("kernel", "_target_") and not same(v, configured.get(k))]
-    return f"{optim}({', '.join(diff)})" if diff else optim
-
-
 def decode_summary(df: pd.DataFrame) -> pd.DataFrame:
-    from .quality import method_params
+    from .quality import config_label, method_params
 
     ok = df[(df.status == "ok") & df.step_ms.notna()].sort_values("started_at").copy()
     if len(ok):

@@ -39,11 +39,15 @@ class ResultRows:
         return df[(df.status == "ok") & (df.scenario == scenario)].sort_values("started_at")
 
     def quality(self, suite: str) -> pd.DataFrame:
-        """`report.quality.summarize` of the suite's quality rows: one row per cell with its gate."""
+        """`report.quality.summarize` of the suite's quality rows (the configured methods only): one
+        row per cell with its gate."""
         if suite not in self._summaries:
             df = self.rows(suite, "quality")
-            self._summaries[suite] = quality.summarize(df) if len(df) else pd.DataFrame(
-                columns=quality.KEY + ["optim", "gate", "kv_ratio", "kv_mib"])
+            s = quality.summarize(df) if len(df) else pd.DataFrame(
+                columns=quality.KEY + ["optim", "label", "gate", "kv_ratio", "kv_mib"])
+            # A claim is about the method as configured now: rows run with an override (ablations)
+            # or before a calibration changed its YAML carry another label and are not read.
+            self._summaries[suite] = s[s.label == s.optim]
         return self._summaries[suite]
 
     def where(self, suite: str, scenario: str) -> str:
