@@ -52,7 +52,9 @@ def reference(llama, ids):
 
 # Registered without a ranking (it is measured per model on the calibration split): one for this layout,
 # the first layer least sensitive, so half of the 3 layers (rounded: 2) hold the 2-bit layout.
-FIXED = {"attn_router": {"history_path": None}, "kv_layerwise": {"ranking": {"llama_3x2x64": [0, 2, 1]}}}
+FIXED = {"attn_router": {"history_path": None}, "kv_layerwise": {"ranking": {"llama_3x2x64": [0, 2, 1]}},
+         # every tier within LENGTH tokens (the calibrated schedule keeps 8 bits to age 512)
+         "kv_temporal": {"schedule": [[8, 128], [4, None]]}}
 
 
 def method(name: str, **params):
@@ -120,7 +122,7 @@ def _layer_bytes(name, layer) -> float:
         return 2 * (quantized * layer.nbits / 8 + quantized / 64 * 2 * 4) + window * 2 * HEAD_DIM * 4
     if name == "kv_temporal":
         rows = layer.bits_by_age()
-        assert [r["bits"] for r in rows] == [16, 8, 4]  # youngest 16-bit, 8-bit to age 128, then 4-bit
+        assert [r["bits"] for r in rows] == [16, 8, 4]  # youngest 16-bit, 8-bit to age 128 (FIXED), then 4-bit
         return sum(r["tokens"] * (WINDOW16 if r["bits"] == 16 else 2 * (8 * r["bits"] + 4)) for r in rows)
     window, stored = layer.res_k.shape[-2], layer.stored_tokens() - layer.res_k.shape[-2]
     if name == "kv_pattern":  # int4 keys as kv_mixed; values: int32 index + shared pool rows
