@@ -29,13 +29,17 @@ def optim_config(name: str) -> OptimConfig:
     return to_bench_part(OptimConfig, raw, f"conf/optim/{name}.yaml")
 
 
+def configured_params(name: str) -> dict | None:
+    """Method `name`'s parameters in its YAML now (None: no such method any more)."""
+    return dict(optim_config(name).method) if name in optim_names() else None
+
+
 def method_fingerprint(name: str) -> str | None:
     """Digest of method `name`'s configured parameters and code (None: no such method any more)."""
     from .run.identity import method_fingerprint as fingerprint
 
-    if name not in optim_names():
-        return None
-    return fingerprint(dict(optim_config(name).method))
+    params = configured_params(name)
+    return None if params is None else fingerprint(params)
 
 
 def build_method(name: str, **overrides):

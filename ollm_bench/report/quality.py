@@ -42,17 +42,6 @@ def _same(a, b) -> bool:
     return json.dumps(a, default=str) == json.dumps(b, default=str)  # lists and tuples alike
 
 
-def configured_params(optim: str) -> dict | None:
-    """The method parameters of `optim`'s YAML now (None: no such method any more)."""
-    from ..errors import ConfigError
-    from ..methods import optim_config
-
-    try:
-        return dict(optim_config(optim).method)
-    except ConfigError:
-        return None
-
-
 def changed_params(params: dict, configured: dict | None) -> list[str]:
     """Parameters a row ran with that differ from the YAML now (the kernel has its own column)."""
     if configured is None:
@@ -60,17 +49,19 @@ def changed_params(params: dict, configured: dict | None) -> list[str]:
     return sorted(k for k, v in params.items() if k not in ("kernel", "_target_") and not _same(v, configured.get(k)))
 
 
-def config_label(optim: str, params: dict) -> str:
-    """`optim`, plus the parameters a row ran with that differ from its YAML now: a row measured
-    with an override (kv_k4v4 without sinks on the fused store), or before a calibration changed
-    the YAML, is never read as the configured method."""
-    diff = [f"{k}={json.dumps(params[k], default=str)}" for k in changed_params(params, configured_params(optim))]
+def config_label(optim: str, params: dict, configured: dict | None) -> str:
+    """`optim`, plus the parameters a row ran with that differ from its YAML now (`configured`): a
+    row measured with an override (kv_k4v4 without sinks on the fused store), or before a
+    calibration changed the YAML, is never read as the configured method."""
+    diff = [f"{k}={json.dumps(params[k], default=str)}" for k in changed_params(params, configured)]
     return f"{optim}({', '.join(diff)})" if diff else optim
 
 
 def variant_labels(ok: pd.DataFrame) -> dict[str, str]:
     """variant -> label: the optim name, plus the parameters that differ where one name has several
     or from the method's YAML now."""
+    from ..methods import configured_params
+
     labels = {}
     for optim, g in ok.groupby("optim"):
         params = {v: json.loads(v) for v in g.variant.unique()}

@@ -40,12 +40,14 @@ def mode_label(row) -> str:
 
 
 def decode_summary(df: pd.DataFrame) -> pd.DataFrame:
+    from ..methods import configured_params
     from .quality import config_label, method_params
 
     ok = df[(df.status == "ok") & df.step_ms.notna()].sort_values("started_at").copy()
     if len(ok):
         ok["decode_mode"] = [mode_label(r) for r in ok.itertuples()]
-        ok["label"] = [config_label(r.optim, method_params(r)) for r in ok.itertuples()]
+        configured = {o: configured_params(o) for o in ok.optim.unique()}  # one YAML read per method
+        ok["label"] = [config_label(r.optim, method_params(r), configured[r.optim]) for r in ok.itertuples()]
     else:
         ok["label"] = ok.optim
     ok = ok.drop_duplicates(subset=DECODE_KEY + ["label", "kernel"], keep="last").copy()
