@@ -155,3 +155,17 @@ def test_rows_of_another_configuration_are_labelled_and_not_read(tmp_path):
     assert list(evaluate([claim("C14")], tmp_path).verdict) == ["no data"]
     labels = set(summarize(ResultStore(tmp_path / "kv" / "runs.csv").read()).label)
     assert "kv_adaptive(max_error=0.2)" in labels
+
+
+def test_the_configured_variant_keeps_its_plain_name(tmp_path):
+    """Rows of the YAML's configuration beside rows of an older one: the current rows are shown as
+    `kv_adaptive` (what claims read), the older as `kv_adaptive(max_error=0.2)`."""
+    from ollm_bench.methods import configured_params
+    from ollm_bench.report.quality import summarize
+    from ollm_bench.run.store import ResultStore
+
+    old = {"config_json": {"optim": {"method": {"_target_": "optim.kv_adaptive.AdaptiveKV", "max_error": 0.2}}}}
+    now = {"config_json": {"optim": {"method": configured_params("kv_adaptive")}}}
+    write(tmp_path, cells("kv_adaptive", ["fail"] * 4, **old) + cells("kv_adaptive", ALL_PASS, **now))
+    labels = set(summarize(ResultStore(tmp_path / "kv" / "runs.csv").read()).label)
+    assert {"kv_adaptive", "kv_adaptive(max_error=0.2)"} <= labels

@@ -68,7 +68,9 @@ def variant_labels(ok: pd.DataFrame) -> dict[str, str]:
         configured = configured_params(optim)
         differing = {k for p in params.values() for k in p if len({json.dumps(q.get(k)) for q in params.values()}) > 1}
         for v, p in params.items():
-            keys = sorted(differing | set(changed_params(p, configured)))
+            # against the YAML where there is one (the configured variant keeps its plain name), else
+            # against the other variants
+            keys = changed_params(p, configured) if configured is not None else sorted(differing)
             extra = ", ".join(f"{k}={json.dumps(p.get(k))}" for k in keys if k != "_target_")
             labels[(optim, v)] = f"{optim}({extra})" if extra else optim
     return labels
