@@ -58,20 +58,21 @@ def config_label(optim: str, params: dict, configured: dict | None) -> str:
 
 
 def variant_labels(ok: pd.DataFrame) -> dict[str, str]:
-    """variant -> label: the optim name, plus the parameters that differ where one name has several
-    or from the method's YAML now."""
+    """variant -> label: the optim name, plus the parameters that differ from the method's YAML now
+    (`config_label`: the configured variant keeps its plain name); for a method with no YAML any
+    more, the parameters that differ between its variants."""
     from ..methods import configured_params
 
     labels = {}
     for optim, g in ok.groupby("optim"):
         params = {v: json.loads(v) for v in g.variant.unique()}
         configured = configured_params(optim)
+        if configured is not None:
+            labels.update({(optim, v): config_label(optim, p, configured) for v, p in params.items()})
+            continue
         differing = {k for p in params.values() for k in p if len({json.dumps(q.get(k)) for q in params.values()}) > 1}
         for v, p in params.items():
-            # against the YAML where there is one (the configured variant keeps its plain name), else
-            # against the other variants
-            keys = changed_params(p, configured) if configured is not None else sorted(differing)
-            extra = ", ".join(f"{k}={json.dumps(p.get(k))}" for k in keys if k != "_target_")
+            extra = ", ".join(f"{k}={json.dumps(p.get(k))}" for k in sorted(differing) if k != "_target_")
             labels[(optim, v)] = f"{optim}({extra})" if extra else optim
     return labels
 
