@@ -86,19 +86,19 @@ class FormatKV(KernelChoice, KVCacheMethod):
 
     def store_format(self):
         """The static store that holds this layout for `kernel="triton"`: per-channel keys with
-        per-token value groups (KIVI's store) or fp8 values (kv_mixed's), no sinks, keys after RoPE."""
+        per-token value groups (KIVI's store) or fp8 values (kv_mixed's), sinks included, keys after RoPE."""
         from .kv_static import kivi_format, mixed_format
 
-        if self.sinks or self.key_pre_rope:
-            raise ValueError(f"{self.name}: the fused store (kernel=triton) keeps no sink tokens and quantizes keys "
-                             "after RoPE; use sinks=0 and key_pre_rope=false, or kernel=torch")
+        if self.key_pre_rope:
+            raise ValueError(f"{self.name}: the fused store (kernel=triton) quantizes keys after RoPE; "
+                             "use key_pre_rope=false, or kernel=torch")
         key, value = self.key, self.value
         if key[0] != "channel" or value[0] not in ("token", "fp8") or (value[0] == "fp8" and key[1] != 4):
             raise ValueError(f"{self.name}: no fused store for keys {list(key)} with values {list(value)}; the fused "
                              "kernels read per-channel keys with per-token values or 4-bit keys with fp8 values")
         if value[0] == "fp8":
-            return mixed_format(key[2], self.residual)
-        return kivi_format(key[1], key[2], value[2], self.residual, value_bits=value[1])
+            return mixed_format(key[2], self.residual, self.sinks)
+        return kivi_format(key[1], key[2], value[2], self.residual, value_bits=value[1], sinks=self.sinks)
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
         if self.kernel == "triton":

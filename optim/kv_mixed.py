@@ -56,9 +56,7 @@ class MixedPrecisionKV(KernelChoice, KVCacheMethod):
     def store_format(self):
         from .kv_static import mixed_format
 
-        if self.sinks:
-            raise ValueError("kv_mixed: the fused store (kernel=triton) keeps no sink tokens; use sinks=0 or kernel=torch")
-        return mixed_format(self.group_size, self.residual)
+        return mixed_format(self.group_size, self.residual, self.sinks)
 
     def make_cache(self, config: PretrainedConfig) -> Cache:
         if self.kernel == "triton":

@@ -15,6 +15,11 @@ How tokens get in:
   step is CUDA-graph capturable. `update` then returns a `FusedKV` handle, which the
   `ollm_fused` attention function (optim.fused_attention) turns into one split-K kernel launch.
 
+Sinks (per-channel formats with `fmt.sinks`): the sequence's first tokens go to a 16-bit sink
+buffer and never into the store; the tokens after them (the *stream*) fill the store and window as
+they would without sinks, so `capacity` counts stream tokens and a decode step's attention gets one
+more partial, over the sinks.
+
 Capacity is allocated in big blocks outside the step: `reserve(total_tokens)` (the harness calls
 it before capturing a graph), or automatically, `capacity_step` tokens at a time, in eager
 updates. A step that would overflow while a graph is being captured is a ValueError.
@@ -103,6 +108,7 @@ class StaticStoreLayer(CacheLayerMixin):
 
     def store_tensors(self) -> dict[str, torch.Tensor]:
         names = list(self._shapes(0)) + (["win_k", "win_v"] if self.fmt.has_window else [])
+        names += ["sink_k", "sink_v"] if self.fmt.sinks else []
         return {name: getattr(self, name) for name in names}
 
     @property
@@ -112,7 +118,8 @@ class StaticStoreLayer(CacheLayerMixin):
         return format_module(self.fmt.name)
 
     def allocate(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device, capacity: int = 0) -> None:
-        """Allocate for `capacity` tokens (rounded up to `capacity_step`; a ring: its window)."""
+        """Allocate for `capacity` tokens, sinks included (the stream's part rounded up to
+        `capacity_step`; a ring: its window)."""
         self.fmt.check(head_dim)
         self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0": compared with query.device
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
@@ -121,13 +128,18 @@ class StaticStoreLayer(CacheLayerMixin):
         if self.ring:
             self.capacity = self.sliding_window
         else:
-            self.capacity = _round_up(max(capacity, self.reserved, 1), max(self.capacity_step, self.fmt.group))
+            need = self.fmt.stream_len(max(capacity, self.reserved))
+            self.capacity = _round_up(max(need, 1), max(self.capacity_step, self.fmt.group))
         for name, (shape, dt) in self._shapes(self.capacity).items():
             setattr(self, name, torch.zeros(shape, dtype=dt, device=self.device))
         if self.fmt.has_window:
             window = (batch, heads, self.fmt.window, head_dim)
             self.win_k = torch.zeros(window, dtype=self.store_dtype, device=self.device)
             self.win_v = torch.zeros_like(self.win_k)
+        if self.fmt.sinks:
+            self.sink_k = torch.zeros((batch, heads, self.fmt.sink_slots, head_dim), dtype=self.store_dtype,
+                                      device=self.device)
+            self.sink_v = torch.zeros_like(self.sink_k)
         self.lengths = torch.zeros(batch, dtype=torch.int32, device=self.device)
         self.host_lengths = [0] * batch
         self._plan, self.is_initialized = None, True
@@ -136,10 +148,11 @@ class StaticStoreLayer(CacheLayerMixin):
         """Room for `total` tokens per sequence; True if the tensors were reallocated (a captured
         graph that read the old ones must be captured again). Never call it inside a capture."""
         self.reserved = max(self.reserved, total)
-        if self.ring or not self.is_initialized or total <= self.capacity:
+        need = self.fmt.stream_len(total)
+        if self.ring or not self.is_initialized or need <= self.capacity:
             return False
         old = {name: getattr(self, name) for name in self._shapes(0)}
-        self.capacity = _round_up(total, max(self.capacity_step, self.fmt.group))
+        self.capacity = _round_up(need, max(self.capacity_step, self.fmt.group))
         for name, (shape, dt) in self._shapes(self.capacity).items():
             new = torch.zeros(shape, dtype=dt, device=self.device)
             new[:, :, : old[name].shape[2]].copy_(old[name])
@@ -148,11 +161,11 @@ class StaticStoreLayer(CacheLayerMixin):
         return True
 
     def ensure_room(self, tokens: int) -> None:
-        need = max(self.host_lengths) + tokens
+        need = self.fmt.stream_len(max(self.host_lengths) + tokens)
         if self.ring or need <= self.capacity:
             return
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise ValueError(f"static store ({self.fmt.name}) holds {self.capacity} tokens and the captured step "
+            raise ValueError(f"static store ({self.fmt.name}) holds {self.capacity + self.fmt.sinks} tokens and the captured step "
                              f"needs {need}: call reserve() with the total length before capturing")
         self.reserve(need)
 
@@ -197,6 +210,13 @@ class StaticStoreLayer(CacheLayerMixin):
         self.ensure_room(t)
         for i in range(*rows.indices(self.batch)):
             self.host_lengths[i] = n + t
+        if self.fmt.sinks:  # the sequence's first tokens: 16-bit sinks, never quantized
+            take = max(min(self.fmt.sinks - n, t), 0)
+            self.sink_k[rows, :, n : n + take] = k[:, :, :take].to(self.store_dtype)
+            self.sink_v[rows, :, n : n + take] = v[:, :, :take].to(self.store_dtype)
+            self._append_blocks(rows, self.fmt.stream_len(n), k[:, :, take:].to(self.store_dtype),
+                                v[:, :, take:].to(self.store_dtype))
+            return self.dequantized(k.dtype, rows)
         k16, v16 = k.to(self.store_dtype), v.to(self.store_dtype)
         if self.fmt.name == "plain":
             got = write_positions(self.keys[rows], self.values[rows], n, k16, v16, self.sliding_window)
@@ -211,9 +231,10 @@ class StaticStoreLayer(CacheLayerMixin):
         return self.dequantized(k.dtype, rows)
 
     def _append_blocks(self, rows: slice, n: int, k16: torch.Tensor, v16: torch.Tensor) -> None:
-        """Per-channel formats: quantize the blocks these tokens complete, window the rest."""
+        """Per-channel formats: quantize the blocks these tokens complete, window the rest. `n`:
+        stream tokens held before them (positions after the sinks)."""
         f, t = self.fmt, k16.shape[2]
-        s0, s1 = f.stored_len(n), f.stored_len(n + t)
+        s0, s1 = f.stream_stored(n), f.stream_stored(n + t)
         if s1 > s0:  # block tokens come from the window (older ones) and from the chunk
             old = torch.arange(s0, min(n, s1), device=self.device) % f.window
             for prefix, new, spec in (("k", k16, f.key_spec), ("v", v16, f.value_spec)):
@@ -240,8 +261,9 @@ class StaticStoreLayer(CacheLayerMixin):
         if f.name == "int8":
             return (dequantize_int8(self.k_codes[rows, :, :n], self.k_scale[rows, :, :n, None], dtype),
                     dequantize_int8(self.v_codes[rows, :, :n], self.v_scale[rows, :, :n, None], dtype))
-        s = f.stored_len(n)
-        slots = torch.arange(s, n, device=self.device) % f.window
+        m = f.stream_len(n)
+        s = f.stream_stored(m)
+        slots = torch.arange(s, m, device=self.device) % f.window
         out = []
         for prefix, spec in (("k", f.key_spec), ("v", f.value_spec)):
             rows_of = {name: s // (f.group if name != "codes" and spec[0] == "channel" else 1)
@@ -251,7 +273,8 @@ class StaticStoreLayer(CacheLayerMixin):
             if spec[0] == "fp8":
                 enc["scale"] = enc["scale"].unsqueeze(-1)
             window = getattr(self, f"win_{prefix}")[rows].index_select(2, slots).to(dtype)
-            out.append(torch.cat([decode(enc, spec, dtype), window], dim=2))
+            sinks = getattr(self, f"sink_{prefix}")[rows, :, : n - m].to(dtype) if f.sinks else window[:, :, :0]
+            out.append(torch.cat([sinks, decode(enc, spec, dtype), window], dim=2))
         return out[0], out[1]
 
     def attend(self, query: torch.Tensor, scaling: float | None = None, out: torch.Tensor | None = None):
@@ -294,17 +317,20 @@ class StaticStoreLayer(CacheLayerMixin):
 
     # bytes ---------------------------------------------------------------------------------------
     def filled_nbytes(self, extra_tokens: int = 0) -> int:
-        """Bytes of the filled part (codes + scales + zeros + window), `extra_tokens` more per sequence."""
+        """Bytes of the filled part (codes + scales + zeros + window + sinks), `extra_tokens` more per sequence."""
         if not self.is_initialized:
             return 0
         f, total = self.fmt, 0
         per_token = {name: t[0, :, :1].numel() * t.element_size() for name, t in self.store_tensors().items()}
         for n in self.host_lengths:
             n = min(n + extra_tokens, self.capacity) if self.ring else n + extra_tokens
-            s = f.stored_len(n)
+            m = f.stream_len(n)
+            s = f.stream_stored(m)
             for name, nbytes in per_token.items():
-                if name.startswith("win_"):
-                    total += (n - s) * nbytes
+                if name.startswith("sink_"):
+                    total += (n - m) * nbytes
+                elif name.startswith("win_"):
+                    total += (m - s) * nbytes
                 else:
                     total += (s // f.group if name in ("k_scale", "k_zero") and f.has_window else s) * nbytes
         return total
@@ -357,8 +383,9 @@ class StaticStoreCache(Cache):
 
     def check_room(self, tokens: int = 1) -> None:
         for layer in self.layers:
-            if layer.is_initialized and not layer.ring and layer.get_seq_length() + tokens > layer.capacity:
-                raise ValueError(f"static store ({layer.fmt.name}) holds {layer.capacity} tokens, "
+            held = layer.get_seq_length() + tokens
+            if layer.is_initialized and not layer.ring and layer.fmt.stream_len(held) > layer.capacity:
+                raise ValueError(f"static store ({layer.fmt.name}) holds {layer.capacity + layer.fmt.sinks} tokens, "
                                  f"{layer.get_seq_length()} are stored and {tokens} more were asked: reserve() first")
 
     def save_state(self) -> list:

@@ -12,6 +12,7 @@ from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 from ollm_bench.models import build_random_model, tiny_gemma3_config
 from optim import FullPrecisionKV, Int8KV, KiviKV, MixedPrecisionKV
 from optim.base import cache_nbytes
+from optim.kv_format import FormatKV
 from optim.graph_decode import GraphDecoder, HostSyncError, forbid_host_sync
 from optim.kv_mixed import MixedPrecisionKVLayer
 from optim.static_kv_arena import cache_kwarg
@@ -21,6 +22,8 @@ METHODS = {  # small groups so a few dozen tokens fill several blocks
     "kv_int8": (Int8KV, {}),
     "kv_mixed": (MixedPrecisionKV, {"group_size": 16}),
     "kv_kivi": (KiviKV, {"group_size": 16, "value_group": 16, "residual": 4}),
+    # kv_k4v4's layout with its 4 sink tokens: the first prefill chunk fills the sinks.
+    "kv_k4v4": (FormatKV, {"key": ["channel", 4, 16], "value": ["token", 4, 64], "residual": 4, "sinks": 4}),
 }
 
 

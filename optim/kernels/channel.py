@@ -8,7 +8,10 @@ Store, per layer (capacity C tokens, a multiple of G):
   KIVI: `v_codes` uint8 [B, HKV, C, D*VBITS/8], `v_scale`/`v_zero` fp16 [B, HKV, C, D/VG], VBITS
   per token in groups of VG channels;
 - `win_k`/`win_v` 16-bit [B, HKV, W, D]: the tokens not yet in a whole block (plus `residual`
-  recent ones), position p in slot p % W.
+  recent ones), stream index i in slot i % W;
+- with S sinks, `sink_k`/`sink_v` 16-bit [B, HKV, SP, D] (SP = S padded to a power of two >= 16):
+  positions 0..S-1. Store rows and window slots then hold the stream, position S + i at index i,
+  and the attention has one more partial, over the sinks.
 fp8 values go into the dot as they are (exact in 16 bits) and their per-token scale multiplies the
 probabilities; KIVI's value scales vary along head_dim, so those are dequantized in registers.
 """
@@ -37,36 +40,45 @@ def plan(layer, query, workspace=None):
 
 def attend(layer, query: torch.Tensor, scale: float, decode_plan, out=None) -> torch.Tensor:
     values, value_args = _values(layer)
-    store = [layer.k_codes, layer.k_scale, layer.k_zero, *values, layer.win_k, layer.win_v]
-    return launch_attend(_channel_attend, layer, query, scale, decode_plan, out, store, window=True,
-                         **_geometry(layer), **value_args)
+    store = [layer.k_codes, layer.k_scale, layer.k_zero, *values, layer.win_k, layer.win_v, *_sinks(layer)]
+    return launch_attend(_channel_attend, layer, query, scale, decode_plan, out, store, **_geometry(layer),
+                         **value_args)
 
 
 def write(layer, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
     """One token per sequence into the window; a block that this token completes is quantized
     into the store in the same launch (an in-kernel branch on the device length)."""
     values, value_args = _values(layer)
-    store = [layer.win_k, layer.win_v, layer.k_codes, layer.k_scale, layer.k_zero, *values]
+    store = [layer.win_k, layer.win_v, layer.k_codes, layer.k_scale, layer.k_zero, *values, *_sinks(layer)]
     launch_write(_channel_write, layer, key_states, value_states, store, **_geometry(layer), **value_args)
+
+
+def _sinks(layer) -> list:
+    """The sink buffers; without sinks the window's stand in, never read (S = 0)."""
+    return [layer.sink_k, layer.sink_v] if layer.fmt.sinks else [layer.win_k, layer.win_v]
 
 
 def _geometry(layer) -> dict:
     f = layer.fmt
-    return dict(G=f.group, R=f.residual, W=f.window, KBITS=f.key_bits)
+    return dict(G=f.group, R=f.residual, W=f.window, KBITS=f.key_bits, S=f.sinks, SP=max(f.sink_slots, 16))
 
 
 @triton.jit
-def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, LENS, PO, PM, PL, sqb, sqh, cap, qk_scale, SPLIT, NSPLIT,
-                    NPART, HKV: tl.constexpr, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-                    R: tl.constexpr, W: tl.constexpr, KBITS: tl.constexpr, FP8: tl.constexpr, VBITS: tl.constexpr,
-                    VG: tl.constexpr, DOT: tl.constexpr):
+def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, SK, SV, LENS, PO, PM, PL, sqb, sqh, cap, qk_scale, SPLIT,
+                    NSPLIT, NPART, HKV: tl.constexpr, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
+                    G: tl.constexpr, R: tl.constexpr, W: tl.constexpr, KBITS: tl.constexpr, S: tl.constexpr,
+                    SP: tl.constexpr, FP8: tl.constexpr, VBITS: tl.constexpr, VG: tl.constexpr, DOT: tl.constexpr):
     bh, b, h, n_tok = program_ids(LENS, cap, HKV, False)
     split = tl.program_id(1)
-    stored = stored_len(n_tok, R, G)
+    stream = tl.maximum(n_tok - S, 0)  # tokens after the sinks: store rows, then the window
+    stored = stored_len(n_tok, R, G, S)
     start = split * SPLIT
     if split == NSPLIT:
-        window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, n_tok, stored, sqb, sqh, qk_scale, bh * NPART + NSPLIT,
+        window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, stream, stored, sqb, sqh, qk_scale, bh * NPART + NSPLIT,
                        HKV, QH, M, D, W, G, DOT)
+    elif split == NSPLIT + 1:  # only launched with sinks: positions [0, min(n, S)) in slots 0..S-1
+        window_partial(Q, SK, SV, PO, PM, PL, b, h, bh, n_tok - stream, 0, sqb, sqh, qk_scale,
+                       bh * NPART + NSPLIT + 1, HKV, QH, M, D, SP, SP, DOT)
     elif start < stored:
         d = tl.arange(0, D)
         q = load_query(Q, b, h, sqb, sqh, d, qk_scale, QH, M)
@@ -94,23 +106,29 @@ def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, LENS, PO, PM, PL, sqb, sq
 
 
 @triton.jit
-def _channel_write(KN, VN, WK, WV, KC, KS, KZ, VC, VS, VZ, LENS, skb, skh, svb, svh, cap,
+def _channel_write(KN, VN, WK, WV, KC, KS, KZ, VC, VS, VZ, SK, SV, LENS, skb, skh, svb, svh, cap,
                    HKV: tl.constexpr, D: tl.constexpr, G: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
-                   KBITS: tl.constexpr, FP8: tl.constexpr, VBITS: tl.constexpr, VG: tl.constexpr):
+                   KBITS: tl.constexpr, S: tl.constexpr, SP: tl.constexpr, FP8: tl.constexpr, VBITS: tl.constexpr,
+                   VG: tl.constexpr):
     b = tl.program_id(0)  # one program per sequence: it alone reads and advances LENS[b]
     n_tok = tl.load(LENS + b)
-    if n_tok < cap:
-        past = n_tok + 1 - R  # tokens older than the residual once this one is in
+    m = n_tok - S  # the token's stream index (negative: it is a sink)
+    if m < 0:
+        for h in range(HKV):
+            write_window_token(SK, SV, KN, VN, b, h, skb, skh, svb, svh, n_tok, (b * HKV + h).to(tl.int64) * SP * D, D)
+        tl.store(LENS + b, n_tok + 1)
+    elif m < cap:
+        past = m + 1 - R  # stream tokens older than the residual once this one is in
         first = past - G  # the block this token completes starts here
         for h in range(HKV):
             bh = (b * HKV + h).to(tl.int64)
             wbase = bh * W * D
-            k_new, v_new = write_window_token(WK, WV, KN, VN, b, h, skb, skh, svb, svh, n_tok % W, wbase, D)
+            k_new, v_new = write_window_token(WK, WV, KN, VN, b, h, skb, skh, svb, svh, m % W, wbase, D)
             if (past >= G) & (past % G == 0):
-                keys = load_window_block(WK, wbase, first, n_tok, k_new, W, G, D)
+                keys = load_window_block(WK, wbase, first, m, k_new, W, G, D)
                 quantize_key_block(keys, KC, KS, KZ, bh * cap * (D * KBITS // 8), bh * (cap // G) * D, first,
                                    G, D, KBITS)
-                values = load_window_block(WV, wbase, first, n_tok, v_new, W, G, D)
+                values = load_window_block(WV, wbase, first, m, v_new, W, G, D)
                 rows = bh * cap + first + tl.arange(0, G)
                 if FP8:  # one absmax scale per token, rounded up as optim.kv_quant.encode does
                     v_scale = tl.maximum(div_ieee(tl.max(tl.abs(values), axis=1), 448.0), 1e-7)
@@ -136,7 +154,8 @@ def _channel_write(KN, VN, WK, WV, KC, KS, KZ, VC, VS, VZ, LENS, skb, skh, svb, 
 def window_partial(Q, WK, WV, PO, PM, PL, b, h, bh, n_tok, start, sqb, sqh, qk_scale, part,
                    HKV: tl.constexpr, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
                    W: tl.constexpr, BW: tl.constexpr, DOT: tl.constexpr):
-    """Attention over the 16-bit window ring: positions [start, n_tok) live in slots pos % W.
+    """Attention over a 16-bit ring: indices [start, n_tok) live in slots index % W (the window;
+    the sink buffer is the ring that never wraps: start 0, n_tok <= W).
     Softmax does not care about order, so every slot is scanned with a validity mask. An empty
     window writes a neutral partial (m = -inf, l = 0, acc = 0)."""
     d = tl.arange(0, D)
@@ -167,7 +186,7 @@ def write_window_token(WK, WV, KN, VN, b, h, skb, skh, svb, svh, slot, wbase, D:
 
 @triton.jit
 def load_window_block(WIN, wbase, first, n_tok, new, W: tl.constexpr, G: tl.constexpr, D: tl.constexpr):
-    """float32 [G, D]: window positions [first, first + G); position n_tok (written by this very
+    """float32 [G, D]: window stream indices [first, first + G); index n_tok (written by this very
     program, so not yet visible to its loads) comes from `new` instead of memory."""
     pos = first + tl.arange(0, G)
     d = tl.arange(0, D)

@@ -10,8 +10,9 @@ captured; the filled length is read from device memory, programs past it exit at
 reduce reads only the partials of filled splits, so nothing past the length is ever touched.
 
 Formats with a 16-bit window (per-channel keys: the tokens of the unfinished key block plus
-`residual` recent ones) get one extra program per (b, h), partial index NSPLIT, for the window
-(optim/kernels/channel.py).
+`residual` recent ones) get one extra program per (b, h), partial index NSPLIT, for the window,
+and with sink tokens one more, NSPLIT + 1, for the sinks (optim/kernels/channel.py). Their split
+programs cover the stream (the tokens after the sinks) only.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class DecodePlan:
     block: int  # tokens per inner step
     split: int  # tokens per split program
     nsplit: int  # split programs per (b, h) over the store
-    npart: int  # partials per (b, h): nsplit, plus the window's
+    npart: int  # partials per (b, h): nsplit, plus the window's and the sinks'
+    extra: int  # partials after the splits: 0, 1 (window) or 2 (window, sinks)
     rows: int  # M: query rows of a tile (QH padded to a power of two >= 16)
     qh: int  # query heads per KV head
     partial_out: torch.Tensor  # [B*HKV, npart, qh, D] float32
@@ -88,11 +90,12 @@ def make_plan(layer, query: torch.Tensor, block: int, window: bool, workspace: W
     qh = query.shape[1] // hkv
     split = split_tokens(layer, block)
     nsplit = triton.cdiv(layer.capacity, split)
-    npart = nsplit + int(window)
+    extra = int(window) + int(window and layer.fmt.sinks > 0)
+    npart = nsplit + extra
     ws = workspace or Workspace()
     n = b * hkv * npart * qh
     return DecodePlan(
-        block=block, split=split, nsplit=nsplit, npart=npart, rows=max(16, triton.next_power_of_2(qh)), qh=qh,
+        block=block, split=split, nsplit=nsplit, npart=npart, extra=extra, rows=max(16, triton.next_power_of_2(qh)), qh=qh,
         partial_out=ws.get("out", n * d, query.device).view(b * hkv, npart, qh, d),
         partial_max=ws.get("max", n, query.device).view(b * hkv, npart, qh),
         partial_sum=ws.get("sum", n, query.device).view(b * hkv, npart, qh),
@@ -142,7 +145,7 @@ def output_for(query: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 
 def launch_attend(kernel, layer, query: torch.Tensor, scale: float, plan: DecodePlan, out, store: list,
-                  window: bool, **constexprs) -> torch.Tensor:
+                  **constexprs) -> torch.Tensor:
     """A format's split-K kernel over its `store` tensors, then the reduce. Every attend kernel takes
     (Q, *store, LENS, PO, PM, PL, sqb, sqh, cap, qk_scale, SPLIT, NSPLIT, NPART) and the constexprs
     HKV, QH, M, D, DOT plus its own."""
@@ -152,7 +155,7 @@ def launch_attend(kernel, layer, query: torch.Tensor, scale: float, plan: Decode
         query.stride(0), query.stride(1), layer.capacity, scale * LOG2E, plan.split, plan.nsplit, plan.npart,
         HKV=layer.heads, QH=plan.qh, M=plan.rows, D=layer.head_dim, DOT=dot_dtype(layer.store_dtype), **constexprs,
     )
-    reduce_partials(layer, plan, out, window, layer.ring)
+    reduce_partials(layer, plan, out, layer.ring)
     return out
 
 
@@ -165,12 +168,13 @@ def launch_write(kernel, layer, key_states: torch.Tensor, value_states: torch.Te
     )
 
 
-def reduce_partials(layer, plan: DecodePlan, out: torch.Tensor, window: bool, ring: bool) -> None:
+def reduce_partials(layer, plan: DecodePlan, out: torch.Tensor, ring: bool) -> None:
     """Merge the partials of each (b, h) into `out` [B, 1, Hq, D] (model dtype)."""
     _reduce[(layer.batch * layer.heads,)](
         plan.partial_out, plan.partial_max, plan.partial_sum, layer.lengths, out, out.stride(0), out.stride(2),
         layer.capacity, HKV=layer.heads, QH=plan.qh, QHP=triton.next_power_of_2(plan.qh), D=layer.head_dim,
-        SPLIT=plan.split, NPART=plan.npart, R=layer.fmt.residual, G=layer.fmt.group, WINDOW=window, RING=ring,
+        SPLIT=plan.split, NPART=plan.npart, R=layer.fmt.residual, G=layer.fmt.group, S=layer.fmt.sinks,
+        EXTRA=plan.extra, RING=ring,
     )
 
 
@@ -193,10 +197,11 @@ def softmax_state(M: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def stored_len(n, R: tl.constexpr, G: tl.constexpr):
-    """Tokens in the quantized store when n are held: whole blocks of G, `R` kept back in 16 bits
-    (the same rule as optim.kv_quant.BlockKVLayer, so it does not depend on how tokens arrived)."""
-    return tl.maximum(n - R, 0) // G * G
+def stored_len(n, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr):
+    """Tokens in the quantized store when n are held: the `S` sinks aside, whole blocks of G, `R`
+    kept back in 16 bits (the same rule as optim.kv_quant.BlockKVLayer, so it does not depend on
+    how tokens arrived)."""
+    return tl.maximum(n - S - R, 0) // G * G
 
 
 @triton.jit
@@ -234,15 +239,14 @@ def store_partial(PO, PM, PL, part, acc, m_i, l_i, chan, QH: tl.constexpr, M: tl
 
 @triton.jit
 def _reduce(PO, PM, PL, LENS, OUT, sob, soh, cap, HKV: tl.constexpr, QH: tl.constexpr, QHP: tl.constexpr,
-            D: tl.constexpr, SPLIT, NPART, R: tl.constexpr, G: tl.constexpr,
-            WINDOW: tl.constexpr, RING: tl.constexpr):
+            D: tl.constexpr, SPLIT, NPART, R: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+            EXTRA: tl.constexpr, RING: tl.constexpr):
     bh, b, h, n_tok = program_ids(LENS, cap, HKV, RING)
-    if WINDOW:
-        filled = tl.cdiv(stored_len(n_tok, R, G), SPLIT)
-        last = filled + 1  # the window's partial, at index NPART - 1
+    if EXTRA > 0:
+        filled = tl.cdiv(stored_len(n_tok, R, G, S), SPLIT)
     else:
         filled = tl.cdiv(n_tok, SPLIT)
-        last = filled
+    last = filled + EXTRA  # the window's (and the sinks') partials sit at the end: NPART - EXTRA, ...
     rows = tl.arange(0, QHP)
     ok = rows < QH
     d = tl.arange(0, D)
@@ -250,7 +254,7 @@ def _reduce(PO, PM, PL, LENS, OUT, sob, soh, cap, HKV: tl.constexpr, QH: tl.cons
     l_g = tl.zeros([QHP], tl.float32)
     acc = tl.zeros([QHP, D], tl.float32)
     for i in range(0, last):
-        part = tl.where(i < filled, i, NPART - 1)
+        part = tl.where(i < filled, i, NPART - EXTRA + i - filled)
         base = (bh.to(tl.int64) * NPART + part) * QH
         m_s = tl.load(PM + base + rows, mask=ok, other=float("-inf"))
         l_s = tl.load(PL + base + rows, mask=ok, other=0.0)

@@ -24,7 +24,7 @@ def plan(layer, query, workspace=None):
 
 def attend(layer, query: torch.Tensor, scale: float, decode_plan, out=None) -> torch.Tensor:
     store = [layer.k_codes, layer.k_scale, layer.v_codes, layer.v_scale]
-    return launch_attend(_int8_attend, layer, query, scale, decode_plan, out, store, window=False,
+    return launch_attend(_int8_attend, layer, query, scale, decode_plan, out, store,
                          BLOCK=decode_plan.block)
 
 

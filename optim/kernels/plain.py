@@ -28,7 +28,7 @@ def plan(layer, query, workspace=None):
 
 def attend(layer, query: torch.Tensor, scale: float, decode_plan, out=None) -> torch.Tensor:
     return launch_attend(_plain_attend, layer, query, scale, decode_plan, out, [layer.keys, layer.values],
-                         window=False, BLOCK=decode_plan.block, RING=layer.ring)
+                         BLOCK=decode_plan.block, RING=layer.ring)
 
 
 def write(layer, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
