@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .base import BatchedStateMixin, KVCacheMethod, WindowedLengthMixin, build_layers
 from .fused_attention import KernelChoice
-from .kv_quant import checks_values
+from .kv_quant import checks_values, div_exact
 
 
 def quantize_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +28,7 @@ def quantize_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if checks_values(x) and not torch.isfinite(x).all():  # per prefill chunk, not per decode step
         raise ValueError("int8 KV quantization got NaN or Inf in the key/value states")
     xf = x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6) / 127.0
+    scale = div_exact(xf.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6), 127.0)
     scale = scale.to(torch.float16).clamp_min(torch.finfo(torch.float16).tiny)
     q = torch.round(xf / scale.float()).clamp_(-127, 127).to(torch.int8)
     return q, scale

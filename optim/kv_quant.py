@@ -101,6 +101,13 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return codes.reshape(*packed.shape[:-1], packed.shape[-1] * per)
 
 
+def div_exact(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """x / divisor rounded to nearest on every device. PyTorch's CUDA kernels multiply by the
+    reciprocal of a Python-number divisor (up to 1 ulp off, so an fp16 scale next to a rounding
+    boundary flips, as the H200 showed); a tensor divisor is divided. The CPU divides either way."""
+    return x / torch.full((), divisor, dtype=x.dtype, device=x.device)
+
+
 def _minmax_quantize(x: torch.Tensor, bits: int, dim: int) -> dict:
     """Asymmetric uniform quantization reducing over `dim`. fp16 zero is rounded down and the fp16
     scale up, so every value stays inside the code range after the fp16 rounding of the parameters."""
@@ -108,7 +115,7 @@ def _minmax_quantize(x: torch.Tensor, bits: int, dim: int) -> dict:
     lo, hi = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
     zero = lo.to(torch.float16)
     zero = torch.where(zero.float() > lo, (lo - lo.abs() * 2.0**-10).to(torch.float16), zero)
-    scale = ((hi - zero.float()) / levels).clamp_min(1e-7)
+    scale = div_exact(hi - zero.float(), levels).clamp_min(1e-7)
     scale = (scale * (1 + 2.0**-10)).to(torch.float16)
     codes = torch.round((x - zero.float()) / scale.float()).clamp_(0, levels).to(torch.uint8)
     return {"codes": pack(codes, bits), "scale": scale, "zero": zero}
@@ -119,7 +126,7 @@ def encode(x: torch.Tensor, spec: tuple) -> dict:
     x = x.float()
     b, h, t, d = x.shape
     if spec[0] == "fp8":
-        scale = (x.abs().amax(-1, keepdim=True) / FP8_MAX).clamp_min(1e-7)
+        scale = div_exact(x.abs().amax(-1, keepdim=True), FP8_MAX).clamp_min(1e-7)
         scale = (scale * (1 + 2.0**-10)).to(torch.float16)
         codes = (x / scale.float()).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
         return {"codes": codes, "scale": scale}

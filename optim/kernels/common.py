@@ -161,10 +161,12 @@ def launch_attend(kernel, layer, query: torch.Tensor, scale: float, plan: Decode
 
 def launch_write(kernel, layer, key_states: torch.Tensor, value_states: torch.Tensor, store: list, **constexprs):
     """A format's write kernel, one program per sequence: (KN, VN, *store, LENS, strides, cap)."""
+    # No fused multiply-add: the scale/zero arithmetic rounds each operation, as torch's does, so
+    # the codes equal optim.kv_quant.encode's bit for bit (tests/test_kv_triton_kernels.py).
     kernel[(layer.batch,)](
         key_states, value_states, *store, layer.lengths, key_states.stride(0), key_states.stride(1),
         value_states.stride(0), value_states.stride(1), layer.capacity, HKV=layer.heads, D=layer.head_dim,
-        **constexprs,
+        enable_fp_fusion=False, **constexprs,
     )
 
 
