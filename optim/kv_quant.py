@@ -6,8 +6,7 @@ Codecs turn a `[batch, heads, tokens, head_dim]` float tensor into a dict of *re
 
 Three layouts, named by a spec tuple so a layer can describe its storage in plain data:
 - `("channel", bits, G)`: KIVI keys. Asymmetric min/max per channel over a block of G tokens; codes
-  packed 8/bits per byte along head_dim (planar, see `pack`); scale and zero fp16 `[B, H, tokens/G, D]`.
-  Needs tokens % G == 0.
+  packed 8/bits per byte along head_dim; scale and zero fp16 `[B, H, tokens/G, D]`. Needs tokens % G == 0.
 - `("token", bits, g)`: per-token groups of g channels; scale/zero fp16 `[B, H, tokens, D/g]`.
 - `("fp8",)`: `torch.float8_e4m3fn` codes with one fp16 absmax scale per token `[B, H, tokens, 1]`.
 
@@ -84,16 +83,13 @@ def tokens_per_row(spec: tuple) -> int:
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes < 2**bits along the last dim (D) -> D*bits/8 bytes, planar: byte i holds channel
-    i in its lowest bits, then channel i + D*bits/8, and so on. Each bit plane is a contiguous
-    channel range, so the fused kernels unpack it with a shift and a mask alone, in the layout
-    their dots read (optim/kernels/channel.py), and a plane of values lies in one value group."""
+    """uint8 codes < 2**bits along the last dim -> 8/bits codes per byte (lowest bits first)."""
     if bits == 8:
         return codes
     per = 8 // bits
-    planes = codes.reshape(*codes.shape[:-1], per, codes.shape[-1] // per).to(torch.int32)
+    grouped = codes.reshape(*codes.shape[:-1], codes.shape[-1] // per, per).to(torch.int32)
     shifts = torch.arange(per, device=codes.device, dtype=torch.int32) * bits
-    return (planes << shifts[:, None]).sum(-2).to(torch.uint8)
+    return (grouped << shifts).sum(-1).to(torch.uint8)
 
 
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -101,7 +97,7 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
         return packed
     per = 8 // bits
     shifts = torch.arange(per, device=packed.device, dtype=torch.uint8) * bits
-    codes = (packed.unsqueeze(-2) >> shifts[:, None]) & ((1 << bits) - 1)
+    codes = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
     return codes.reshape(*packed.shape[:-1], packed.shape[-1] * per)
 
 
@@ -122,7 +118,7 @@ def _minmax_quantize(x: torch.Tensor, bits: int, dim: int) -> dict:
     scale = div_exact(hi - zero.float(), levels).clamp_min(1e-7)
     scale = (scale * (1 + 2.0**-10)).to(torch.float16)
     codes = torch.round((x - zero.float()) / scale.float()).clamp_(0, levels).to(torch.uint8)
-    return {"codes": codes, "scale": scale, "zero": zero}  # unpacked: the caller packs along head_dim
+    return {"codes": pack(codes, bits), "scale": scale, "zero": zero}
 
 
 def encode(x: torch.Tensor, spec: tuple) -> dict:
@@ -139,11 +135,11 @@ def encode(x: torch.Tensor, spec: tuple) -> dict:
         if t % group:
             raise ValueError(f"per-channel key blocks need a multiple of {group} tokens, got {t}")
         enc = _minmax_quantize(x.reshape(b, h, t // group, group, d), bits, dim=3)
-        enc["codes"] = pack(enc["codes"].reshape(b, h, t, d), bits)
+        enc["codes"] = enc["codes"].reshape(b, h, t, -1)
         enc["scale"], enc["zero"] = enc["scale"].squeeze(3), enc["zero"].squeeze(3)
         return enc
     enc = _minmax_quantize(x.reshape(b, h, t, d // group, group), bits, dim=4)
-    enc["codes"] = pack(enc["codes"].reshape(b, h, t, d), bits)  # planar over all of head_dim
+    enc["codes"] = enc["codes"].reshape(b, h, t, -1)
     enc["scale"], enc["zero"] = enc["scale"].squeeze(4), enc["zero"].squeeze(4)
     return enc
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .common import (attend_block, launch_attend, launch_write, load_query, make_plan, program_ids, softmax_state,
-                     softmax_step, store_partial, stored_len)
+                     store_partial, stored_len)
 from .quantize import div_ieee, fp8_e4m3_round, minmax_codes, minmax_params, pack_codes
 
 
@@ -81,45 +81,20 @@ def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, SK, SV, LENS, PO, PM, PL,
                        bh * NPART + NSPLIT + 1, HKV, QH, M, D, SP, SP, DOT)
     elif start < stored:
         d = tl.arange(0, D)
+        q = load_query(Q, b, h, sqb, sqh, d, qk_scale, QH, M)
         row0 = bh.to(tl.int64) * cap
         cbase = row0 * (D * KBITS // 8)
         sbase = bh.to(tl.int64) * (cap // G) * D
-        end = tl.minimum(start + SPLIT, stored)  # whole blocks: no masks
-        q0, q1, q2, q3 = query_planes(Q, b, h, sqb, sqh, qk_scale, QH, M, D * KBITS // 8, KBITS)
         m_i, l_i, acc = softmax_state(M, D)
-        VDP: tl.constexpr = D * VBITS // 8  # channels per value bit plane (bytes per packed row)
-        if FP8:
-            for n0 in range(start, end, G):
-                scores = channel_key_scores(q0, q1, q2, q3, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
-                n = row0 + n0 + tl.arange(0, G)
+        for n0 in range(start, tl.minimum(start + SPLIT, stored), G):  # whole blocks: no masks
+            scores = channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
+            n = row0 + n0 + tl.arange(0, G)
+            if FP8:
                 v = tl.load(VC + n[:, None] * D + d[None, :]).to(DOT)  # e4m3 is exact in 16 bits
                 m_i, l_i, acc = attend_block(scores, v, tl.load(VS + n).to(tl.float32)[None, :], m_i, l_i, acc, DOT)
-            store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, d, QH, M, D)
-        elif VG % VDP == 0:  # each value bit plane lies in one group: its scale and zero fold into p
-            a0, a1, a2, a3 = (tl.zeros([M, VDP], tl.float32), tl.zeros([M, VDP], tl.float32),
-                              tl.zeros([M, VDP], tl.float32), tl.zeros([M, VDP], tl.float32))
-            for n0 in range(start, end, G):
-                scores = channel_key_scores(q0, q1, q2, q3, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
-                n = row0 + n0 + tl.arange(0, G)
-                packed = tl.load(VC + n[:, None] * VDP + tl.arange(0, VDP)[None, :])
-                m_i, l_i, p, alpha = softmax_step(scores, m_i, l_i)
-                a0 = value_plane(a0, p, alpha, packed, VS, VZ, n, 0, D // VG, VDP, VG, VBITS, DOT)
-                a1 = value_plane(a1, p, alpha, packed, VS, VZ, n, 1, D // VG, VDP, VG, VBITS, DOT)
-                if VBITS == 2:
-                    a2 = value_plane(a2, p, alpha, packed, VS, VZ, n, 2, D // VG, VDP, VG, VBITS, DOT)
-                    a3 = value_plane(a3, p, alpha, packed, VS, VZ, n, 3, D // VG, VDP, VG, VBITS, DOT)
-            part = bh * NPART + split
-            dp = tl.arange(0, VDP)
-            store_partial(PO, PM, PL, part, a0, m_i, l_i, dp, QH, M, D)
-            store_partial(PO, PM, PL, part, a1, m_i, l_i, VDP + dp, QH, M, D)
-            if VBITS == 2:
-                store_partial(PO, PM, PL, part, a2, m_i, l_i, 2 * VDP + dp, QH, M, D)
-                store_partial(PO, PM, PL, part, a3, m_i, l_i, 3 * VDP + dp, QH, M, D)
-        else:  # value planes span several groups (e.g. head_dim 256, groups of 64): dequantize
-            for n0 in range(start, end, G):
-                scores = channel_key_scores(q0, q1, q2, q3, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
-                n = row0 + n0 + tl.arange(0, G)
-                codes = unpack_codes(tl.load(VC + n[:, None] * VDP + tl.arange(0, VDP)[None, :]), G, D, VBITS)
+            else:
+                VP: tl.constexpr = D * VBITS // 8
+                codes = unpack_codes(tl.load(VC + n[:, None] * VP + tl.arange(0, VP)[None, :]), G, D, VBITS)
                 # One scale and zero per (token, group) loaded, spread over the group's channels in
                 # registers (a per-channel gather costs 2*D loads per token and dominated the step).
                 grp = n[:, None] * (D // VG) + tl.arange(0, D // VG)[None, :]
@@ -127,7 +102,7 @@ def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, SK, SV, LENS, PO, PM, PL,
                 v_zero = group_columns(tl.load(VZ + grp).to(tl.float32), G, D, VG)
                 v = codes.to(tl.float32) * v_scale + v_zero
                 m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
-            store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, d, QH, M, D)
+        store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, d, QH, M, D)
 
 
 @triton.jit
@@ -236,11 +211,11 @@ def quantize_key_block(x, KC, KS, KZ, cbase, sbase, first, G: tl.constexpr, D: t
 @triton.jit
 def unpack_codes(packed, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
     """uint8 [ROWS, D*BITS/8] -> int32 codes [ROWS, D] in channel order: the inverse of
-    `quantize.pack_codes` (planar: byte i holds channel i, i + D*BITS/8, ...). Only where a plane
-    cannot be read on its own (`value_plane`, `key_plane` do that)."""
+    `quantize.pack_codes` (consecutive channels per byte, lowest bits first). One contiguous load
+    of the packed bytes, unpacked in registers."""
     PER: tl.constexpr = 8 // BITS
     shifts = tl.arange(0, PER) * BITS
-    codes = (packed.to(tl.int32)[:, None, :] >> shifts[None, :, None]) & ((1 << BITS) - 1)
+    codes = (packed.to(tl.int32)[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
     return tl.reshape(codes, (ROWS, D))
 
 
@@ -252,58 +227,17 @@ def group_columns(x, ROWS: tl.constexpr, D: tl.constexpr, VG: tl.constexpr):
 
 
 @triton.jit
-def query_planes(Q, b, h, sqb, sqh, qk_scale, QH: tl.constexpr, M: tl.constexpr, DP: tl.constexpr,
-                 BITS: tl.constexpr):
-    """The query rows split like the key codes' bit planes: plane j is channels [j*DP, (j+1)*DP).
-    2-bit keys have 4 planes, 4-bit keys 2 (the last two returned are then unused copies)."""
-    dp = tl.arange(0, DP)
-    q0 = load_query(Q, b, h, sqb, sqh, dp, qk_scale, QH, M)
-    q1 = load_query(Q, b, h, sqb, sqh, DP + dp, qk_scale, QH, M)
-    if BITS == 2:
-        q2 = load_query(Q, b, h, sqb, sqh, 2 * DP + dp, qk_scale, QH, M)
-        q3 = load_query(Q, b, h, sqb, sqh, 3 * DP + dp, qk_scale, QH, M)
-    else:
-        q2, q3 = q0, q1
-    return q0, q1, q2, q3
-
-
-@triton.jit
-def key_plane(q, packed, KS, KZ, blk, J: tl.constexpr, DP: tl.constexpr, BITS: tl.constexpr, DOT: tl.constexpr):
-    """Scores [M, G] from key bit plane J (channels [J*DP, (J+1)*DP)) of a block: a shift and a
-    mask of the packed bytes, no reordering, so the codes stay in the layout they were loaded in."""
-    chan = J * DP + tl.arange(0, DP)
-    k_scale = tl.load(KS + blk + chan).to(tl.float32)
-    k_zero = tl.load(KZ + blk + chan).to(tl.float32)
-    codes = ((packed >> (J * BITS)) & ((1 << BITS) - 1)).to(DOT)
-    bias = tl.sum(q * k_zero[None, :], axis=1)
-    return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(codes)) + bias[:, None]
-
-
-@triton.jit
-def channel_key_scores(q0, q1, q2, q3, KC, KS, KZ, cbase, sbase, n0, G: tl.constexpr, D: tl.constexpr,
-                       BITS: tl.constexpr, DOT: tl.constexpr):
+def channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
+                       DOT: tl.constexpr):
     """Scores [M, G] of a block of G per-channel keys (k = code * scale + zero, one fp16 scale and
-    zero per channel and block): q.k = (q * scale).code + q.zero, summed over the bit planes, so
-    scales are folded into the query once per block and the codes go into the dots exactly."""
+    zero per channel and block): q.k = (q * scale).code + q.zero, so scales are folded into the
+    query once per block and the codes go into the dot exactly."""
     DP: tl.constexpr = D * BITS // 8
+    d = tl.arange(0, D)
+    blk = n0 // G
+    k_scale = tl.load(KS + sbase + blk * D + d).to(tl.float32)
+    k_zero = tl.load(KZ + sbase + blk * D + d).to(tl.float32)
     packed = tl.load(KC + cbase + (n0 + tl.arange(0, G))[:, None] * DP + tl.arange(0, DP)[None, :])
-    blk = sbase + (n0 // G) * D
-    scores = key_plane(q0, packed, KS, KZ, blk, 0, DP, BITS, DOT) + key_plane(q1, packed, KS, KZ, blk, 1, DP, BITS, DOT)
-    if BITS == 2:
-        scores += key_plane(q2, packed, KS, KZ, blk, 2, DP, BITS, DOT)
-        scores += key_plane(q3, packed, KS, KZ, blk, 3, DP, BITS, DOT)
-    return scores
-
-
-@triton.jit
-def value_plane(acc, p, alpha, packed, VS, VZ, n, J: tl.constexpr, NG: tl.constexpr, DP: tl.constexpr,
-                VG: tl.constexpr, BITS: tl.constexpr, DOT: tl.constexpr):
-    """acc [M, DP] of value bit plane J (channels [J*DP, (J+1)*DP), all in group J*DP // VG) after
-    one block: v = code * scale + zero per token, so the scale multiplies the probabilities, the
-    zero adds sum_t p * zero, and the codes go into the dot as they are."""
-    grp = n * NG + (J * DP) // VG
-    v_scale = tl.load(VS + grp).to(tl.float32)
-    v_zero = tl.load(VZ + grp).to(tl.float32)
-    codes = ((packed >> (J * BITS)) & ((1 << BITS) - 1)).to(DOT)
-    bias = tl.sum(p * v_zero[None, :], axis=1)
-    return acc * alpha[:, None] + tl.dot((p * v_scale[None, :]).to(DOT), codes) + bias[:, None]
+    k = unpack_codes(packed, G, D, BITS).to(DOT)
+    bias = tl.sum(q * k_zero[None, :], axis=1)
+    return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(k)) + bias[:, None]

@@ -216,21 +216,14 @@ def load_query(Q, b, h, sqb, sqh, chan, qk_scale, QH: tl.constexpr, M: tl.conste
 
 
 @triton.jit
-def softmax_step(scores, m_i, l_i):
-    """Online-softmax update (base 2) for a block of scores: new running max and sum, the block's
-    probabilities p and the factor alpha that rescales what was accumulated before."""
+def attend_block(scores, v, v_scale, m_i, l_i, acc, DOT: tl.constexpr):
+    """One online-softmax step (base 2). `v_scale` (per key, or 1.0) multiplies the probabilities
+    instead of the values, so per-token value scales cost one multiply per key, not per element."""
     m_new = tl.maximum(m_i, tl.max(scores, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(scores - m_safe[:, None])
-    return m_new, l_i * alpha + tl.sum(p, axis=1), p, alpha
-
-
-@triton.jit
-def attend_block(scores, v, v_scale, m_i, l_i, acc, DOT: tl.constexpr):
-    """One online-softmax step. `v_scale` (per key, or 1.0) multiplies the probabilities instead of
-    the values, so per-token value scales cost one multiply per key, not per element."""
-    m_new, l_i, p, alpha = softmax_step(scores, m_i, l_i)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot((p * v_scale).to(DOT), v)
     return m_new, l_i, acc
 

@@ -57,9 +57,9 @@ def minmax_codes(x, scale, zero, LEVELS: tl.constexpr):
 
 @triton.jit
 def pack_codes(codes, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """int32 codes [ROWS, D] -> uint8 [ROWS, D*BITS/8], planar as optim.kv_quant.pack: byte i holds
-    channel i in its lowest bits, then channel i + D*BITS/8, ..."""
+    """int32 codes [ROWS, D] -> uint8 [ROWS, D*BITS/8], consecutive channels per byte, lowest first
+    (optim.kv_quant.pack)."""
     PER: tl.constexpr = 8 // BITS
     shifts = tl.arange(0, PER) * BITS
-    planes = tl.reshape(codes, (ROWS, PER, D // PER))
-    return tl.sum(planes << shifts[None, :, None], axis=1).to(tl.uint8)
+    grouped = tl.reshape(codes, (ROWS, D // PER, PER))
+    return tl.sum(grouped << shifts[None, None, :], axis=2).to(tl.uint8)
