@@ -39,3 +39,22 @@ def test_a_peer_storing_fp32_is_compared_at_its_16bit_size(tmp_path):
     storage = {"tensors": {"keys": {"bytes": 250_000, "dtype": "float32"}, "values": {"bytes": 250_000, "dtype": "float32"}}}
     table = _table(tmp_path, "pass", 0.3, "fail", 0.5, kv_storage=storage)
     assert table.verdict.tolist() == ["no method at these bytes"] and table.peer_kv_ratio.tolist() == [0.25]
+
+
+def test_every_configuration_of_ours_is_a_candidate_under_its_label(tmp_path):
+    """An override row of ours (a shorter 16-bit window) holds fewer bytes than the peer where the
+    configured method holds more: it is the candidate, named by what it changed."""
+    from ollm_bench.methods import configured_params
+
+    configured = configured_params("kv_k4v2")
+    # The override ran first: the configured method's rows are the latest of kv_k4v2.
+    _, short = quality_pair("m", "kv_k4v2", "prose", 2048, "pass", ratio=0.30,
+                            config_json={"optim": {"method": configured | {"residual": 64}}})
+    base, mine = quality_pair("m", "kv_k4v2", "prose", 2048, "pass", ratio=0.35,
+                              config_json={"optim": {"method": configured}})
+    _, peer = quality_pair("m", "kv_peer", "prose", 2048, "fail", ratio=0.32, peer=True)
+    write(tmp_path, [base, mine, short, peer])
+    df = ResultStore(tmp_path / "kv" / "runs.csv").read()
+    table = peer_comparison(df, summarize(df))
+    assert table.ours.tolist() == ["kv_k4v2(residual=64)"] and table.verdict.tolist() == ["better"]
+    assert table.ours_kv_ratio.tolist() == [0.30]
