@@ -161,13 +161,13 @@ class StaticStoreLayer(CacheLayerMixin):
         return True
 
     def ensure_room(self, tokens: int) -> None:
-        need = self.fmt.stream_len(max(self.host_lengths) + tokens)
-        if self.ring or need <= self.capacity:
+        total = max(self.host_lengths) + tokens
+        if self.ring or self.fmt.stream_len(total) <= self.capacity:
             return
         if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-            raise ValueError(f"static store ({self.fmt.name}) holds {self.capacity + self.fmt.sinks} tokens and the captured step "
-                             f"needs {need}: call reserve() with the total length before capturing")
-        self.reserve(need)
+            raise ValueError(f"static store ({self.fmt.name}) holds {self.capacity + self.fmt.sinks} tokens and the "
+                             f"captured step needs {total}: call reserve() with the total length before capturing")
+        self.reserve(total)
 
     # transformers layer API --------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:

@@ -139,6 +139,22 @@ def test_sliding_ring_wraps():
     assert relative_error(fused(layer, query, 0.125), reference_attention(layer, query, 0.125)) < TOL
 
 
+def test_a_store_with_sinks_grows_past_its_capacity():
+    """Sinks sit outside the store's capacity (stream tokens): growing by eager appends and by
+    decode writes across the capacity boundary keeps every token."""
+    layer = StaticStoreLayer(FORMATS["k4v4_sinks"], capacity_step=64, split_tokens=64)
+    layer.allocate(2, 2, 64, torch.bfloat16, DEVICE, 64)
+    assert layer.capacity == 64
+    gen = torch.Generator().manual_seed(3)
+    k = torch.randn(2, 2, 66, 64, generator=gen).to(DEVICE, torch.bfloat16)
+    layer.append(k, k.clone())  # 62 stream tokens: fits
+    for _ in range(5):  # stream tokens 62..66: the third decode write needs a 65th row
+        write(layer, gen)
+    assert layer.lengths.tolist() == [71, 71] == layer.host_lengths and layer.capacity == 128
+    query = torch.randn(2, 4, 1, 64, generator=gen).to(DEVICE, torch.bfloat16)
+    assert relative_error(fused(layer, query, 0.125), reference_attention(layer, query, 0.125)) < TOL
+
+
 def test_fp32_query_and_many_splits():
     layer, gen = filled_layer(FORMATS["mixed"], [250, 3], head_dim=128, dtype=torch.float32)
     query = torch.randn(2, 4, 1, 128, generator=gen).to(DEVICE)
