@@ -167,7 +167,8 @@ def test_quantize_on_write_equals_encode(name):
     """Tokens written one at a time by the Triton kernel give the codes, scales and zeros that
     optim.kv_quant.encode / kv_int8.quantize_int8_per_token give when appended at once."""
     fmt = kivi_format(bits=4, group=16, value_group=32, residual=5) if name == "kivi4" else FORMATS[name]
-    dtype = torch.float32 if name in ("mixed", "kivi4", "k4v2", "mixed_sinks") else torch.bfloat16  # fp32 models: 16-bit rounding first
+    fp32 = ("mixed", "kivi4", "k4v2", "mixed_sinks")  # fp32 models: 16-bit rounding first
+    dtype = torch.float32 if name in fp32 else torch.bfloat16
     gen = torch.Generator().manual_seed(1)
     k = (torch.randn(2, 2, 83, 64, generator=gen) * 3).to(DEVICE, dtype)
     v = torch.randn(2, 2, 83, 64, generator=gen).to(DEVICE, dtype)

@@ -95,7 +95,8 @@ def make_plan(layer, query: torch.Tensor, block: int, window: bool, workspace: W
     ws = workspace or Workspace()
     n = b * hkv * npart * qh
     return DecodePlan(
-        block=block, split=split, nsplit=nsplit, npart=npart, extra=extra, rows=max(16, triton.next_power_of_2(qh)), qh=qh,
+        block=block, split=split, nsplit=nsplit, npart=npart, extra=extra, rows=max(16, triton.next_power_of_2(qh)),
+        qh=qh,
         partial_out=ws.get("out", n * d, query.device).view(b * hkv, npart, qh, d),
         partial_max=ws.get("max", n, query.device).view(b * hkv, npart, qh),
         partial_sum=ws.get("sum", n, query.device).view(b * hkv, npart, qh),
