@@ -58,3 +58,25 @@ def test_every_configuration_of_ours_is_a_candidate_under_its_label(tmp_path):
     table = peer_comparison(df, summarize(df))
     assert table.ours.tolist() == ["kv_k4v2(residual=64)"] and table.verdict.tolist() == ["better"]
     assert table.ours_kv_ratio.tolist() == [0.30]
+
+
+def test_a_baseline_rerun_with_more_documents_still_pairs(tmp_path):
+    """The baseline re-run on 64 documents (its first 6 are the method's 6, same hashes): the method
+    pairs on its own 6 and gets the same interval as against the 6-document baseline; a method
+    sharing no document with it is `documents differ`."""
+    from ollm_bench.evaluate.stats import paired_rows
+
+    base, mine = quality_pair("m", "kv_ours", "prose", 2048, "pass")
+    _, other = quality_pair("m", "kv_other", "prose", 2048, "pass", doc_hashes=[f"x-{k}" for k in range(6)])
+    longer = dict(base, run_id="long", config_hash="long", started_at="2025-01-02T00:00:00.000000", n_docs=64,
+                  doc_hashes=[f"prose2048-{k}" for k in range(64)],
+                  doc_nll=base["doc_nll"] + [100.0 * (2 + k % 5) for k in range(58)])
+    write(tmp_path, [base, mine, other, longer])
+    df = ResultStore(tmp_path / "kv" / "runs.csv").read()
+    summary = summarize(df).set_index("optim")
+    rows = df.set_index("run_id")
+    expected = paired_rows(rows.loc[mine["run_id"]], rows.loc[base["run_id"]])
+    assert summary.loc["baseline", "n_docs"] == 64  # the latest baseline row is the reference
+    assert summary.loc["kv_ours", "n_docs"] == 6 and summary.loc["kv_ours", "gate"] == "pass"
+    assert summary.loc["kv_ours", "ppl_delta_high"] == pytest.approx(expected.high)
+    assert summary.loc["kv_other", "gate"] == "documents differ"

@@ -80,6 +80,23 @@ def paired_change(nll_method, nll_ref, n_tokens, alpha: float = ALPHA) -> Paired
     return PairedChange(n, math.expm1(mean), math.expm1(mean - half), math.expm1(mean + half), sd, math.expm1(mde))
 
 
+def paired_rows(method, ref, alpha: float = ALPHA) -> PairedChange | None:
+    """`paired_change` of two quality rows (anything with doc_nll, doc_hashes, scored_tokens) over
+    the documents both scored, matched by content hash: a cell re-run with more documents (the
+    first n of a longer run are the same documents) still pairs with rows of fewer. None when
+    either side lacks per-document scores or they share no document."""
+    if not (method.doc_nll and ref.doc_nll and method.doc_hashes and ref.doc_hashes):
+        return None
+    if method.scored_tokens != ref.scored_tokens:
+        return None
+    ref_nll = dict(zip(ref.doc_hashes, ref.doc_nll))
+    common = [(m, ref_nll[h]) for h, m in zip(method.doc_hashes, method.doc_nll) if h in ref_nll]
+    if not common:
+        return None
+    mine, theirs = zip(*common)
+    return paired_change(list(mine), list(theirs), [method.scored_tokens] * len(mine), alpha)
+
+
 def paired_binary_interval(ref, method, alpha: float = ALPHA) -> tuple[float, float, float]:
     """(point, low, high) of mean(ref) - mean(method) over paired 0/1 outcomes, Tango (1998):
     every difference whose score test (variance from the constrained ML estimate) keeps it."""

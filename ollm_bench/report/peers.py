@@ -14,14 +14,15 @@ documents, so their perplexity ratio is paired per document (t-interval, `evalua
 - `as good`: the interval spans 0;
 - `worse`: the interval lies above 0;
 - `no method at these bytes`: nothing of ours is that small in this cell.
-Where documents differ the pairing is refused (`documents differ`), never guessed.
+Pairs are matched by document hash over the documents both scored; where they share none the
+pairing is refused (`documents differ`), never guessed.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ..evaluate.stats import CI_METHOD, paired_change
+from ..evaluate.stats import CI_METHOD, paired_rows
 from .quality import BASELINE, KEY, _is_peer, latest_ok, pct, variant_labels
 
 COLUMNS = ["model", "content", "seq_len", "peer", "peer_kv_ratio", "peer_delta", "ours", "ours_kv_ratio",
@@ -67,10 +68,10 @@ def peer_comparison(df: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
             best = small.sort_values(["delta", "kv_ratio"]).iloc[0]
             entry = base | {"ours": best.label, "ours_kv_ratio": best.kv_ratio, "ours_delta": best.delta}
             mine, theirs = rows[cell + (best.label,)], rows[cell + (p.label,)]
-            if not (mine.doc_nll and theirs.doc_nll and mine.doc_hashes == theirs.doc_hashes):
+            ch = paired_rows(mine, theirs)
+            if ch is None:
                 out.append(entry | {"verdict": "documents differ"})
                 continue
-            ch = paired_change(mine.doc_nll, theirs.doc_nll, [mine.scored_tokens] * len(mine.doc_nll))
             out.append(entry | {"ours_vs_peer": ch.point, "ours_vs_peer_low": ch.low, "ours_vs_peer_high": ch.high,
                                 "n_docs": ch.n, "verdict": _verdict(ch.low, ch.high)})
     return pd.DataFrame(out, columns=[*KEY, *COLUMNS[3:]]).sort_values(["model", "content", "seq_len", "peer"]) \

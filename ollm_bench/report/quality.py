@@ -15,7 +15,7 @@ import math
 import pandas as pd
 
 from ..errors import StoreError
-from ..evaluate.stats import CI_METHOD, flag_improvement, paired_change
+from ..evaluate.stats import CI_METHOD, flag_improvement, paired_rows
 
 KEY = ["model", "device", "content", "seq_len", "seed", "batch_size"]
 BASELINE = "baseline"
@@ -104,9 +104,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             row["kv_vs_baseline"] = r.kv_bytes / b.kv_bytes
             if r.optim == BASELINE:
                 row["gate"] = "reference"
-            elif r.doc_nll and b.doc_nll and r.doc_hashes and r.doc_hashes == b.doc_hashes:
-                ch = paired_change(r.doc_nll, b.doc_nll, [r.scored_tokens] * len(r.doc_nll))
-                row.update(ppl_delta=ch.point, ppl_delta_low=ch.low, ppl_delta_high=ch.high, ppl_sd=ch.sd,
+            elif (ch := paired_rows(r, b)) is not None:
+                row.update(n_docs=ch.n, ppl_delta=ch.point, ppl_delta_low=ch.low, ppl_delta_high=ch.high, ppl_sd=ch.sd,
                            mde=ch.mde, gate=ch.gate(), docs_to_resolve=ch.docs_to_resolve(),
                            improves=r.optim != BASELINE and flag_improvement(ch.high))
             elif r.doc_nll and b.doc_nll:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from ..config import BenchConfig
-from ..evaluate.stats import MARGIN, paired_change
+from ..evaluate.stats import MARGIN, paired_rows
 from .store import ResultStore
 
 BASELINE = "baseline"
@@ -40,10 +40,8 @@ def failed_at_shorter(store: ResultStore, bench: BenchConfig, method_config: dic
     if mine.empty or base.empty:
         return None
     m, b = mine.iloc[-1], base.iloc[-1]
-    if not (m.doc_nll and b.doc_nll and m.doc_hashes == b.doc_hashes):
-        return None
-    ch = paired_change(m.doc_nll, b.doc_nll, [m.scored_tokens] * len(m.doc_nll))
-    if ch.gate() != "fail":
+    ch = paired_rows(m, b)
+    if ch is None or ch.gate() != "fail":
         return None
     return (f"not carried to {bench.seq_len}: fails the {MARGIN:.0%} gate at {shorter} on {bench.content.name} "
             f"(Δppl {ch.point:+.2%} [{ch.low:+.2%}, {ch.high:+.2%}], n={ch.n}, run {m.run_id})")
