@@ -210,13 +210,6 @@ class StaticStoreLayer(CacheLayerMixin):
         self.ensure_room(t)
         for i in range(*rows.indices(self.batch)):
             self.host_lengths[i] = n + t
-        if self.fmt.sinks:  # the sequence's first tokens: 16-bit sinks, never quantized
-            take = max(min(self.fmt.sinks - n, t), 0)
-            self.sink_k[rows, :, n : n + take] = k[:, :, :take].to(self.store_dtype)
-            self.sink_v[rows, :, n : n + take] = v[:, :, :take].to(self.store_dtype)
-            self._append_blocks(rows, self.fmt.stream_len(n), k[:, :, take:].to(self.store_dtype),
-                                v[:, :, take:].to(self.store_dtype))
-            return self.dequantized(k.dtype, rows)
         k16, v16 = k.to(self.store_dtype), v.to(self.store_dtype)
         if self.fmt.name == "plain":
             got = write_positions(self.keys[rows], self.values[rows], n, k16, v16, self.sliding_window)
@@ -226,8 +219,12 @@ class StaticStoreLayer(CacheLayerMixin):
                 codes, scale = quantize_int8_per_token(x)
                 getattr(self, f"{prefix}_codes")[rows, :, n : n + t] = codes
                 getattr(self, f"{prefix}_scale")[rows, :, n : n + t] = scale.squeeze(-1)
-        else:
-            self._append_blocks(rows, n, k16, v16)
+        else:  # the sequence's first `sinks` tokens stay 16-bit for good; the stream follows them
+            take = max(min(self.fmt.sinks - n, t), 0)
+            if take:
+                self.sink_k[rows, :, n : n + take] = k16[:, :, :take]
+                self.sink_v[rows, :, n : n + take] = v16[:, :, :take]
+            self._append_blocks(rows, self.fmt.stream_len(n), k16[:, :, take:], v16[:, :, take:])
         return self.dequantized(k.dtype, rows)
 
     def _append_blocks(self, rows: slice, n: int, k16: torch.Tensor, v16: torch.Tensor) -> None:
