@@ -6,9 +6,9 @@ with the lowest perplexity change among those at or below the peer's bytes. Ever
 measured in the cell is a candidate, under its label (`kv_k4v2(residual=64)`: the YAML with one
 override), since each is a point on our side of the Pareto picture that anyone can run; picking the
 best of several on the same documents favours ours a little, so the paired interval is shown.
-Bytes are compared as a 16-bit deployment would hold them: a peer that keeps the model's fp32 (kvpress' caches, quanto's scales
-and zero-points, unquantized sliding layers) has those tensors counted at 16 bits, so running our
-CPU rows in fp32 does not make a peer look bigger than it is. Ours and the peer scored the same
+Bytes are compared as a 16-bit deployment would hold them: a peer that keeps the model's fp32
+(kvpress' caches, quanto's scales and zero-points, unquantized sliding layers) has those tensors
+counted at 16 bits, so running our CPU rows in fp32 does not make a peer look bigger than it is. Ours and the peer scored the same
 documents, so their perplexity ratio is paired per document (t-interval, `evaluate/stats.py`):
 - `better`: the interval lies below 0 (ours lower perplexity beyond noise);
 - `as good`: the interval spans 0;
