@@ -209,3 +209,19 @@ def test_real_model_broken_router_fails_quality_and_full_matches_sdpa():
             router.detach(lm.model)
     assert abs(results["attn_full"] / base - 1) < 1e-5
     assert results["attn_sliding"] / base - 1 > 0.10, (base, results)
+
+
+def test_configured_router_without_history_serves_full_attention_to_every_request():
+    """The registered attn_router is judged (sweeps, tasks) on what it has learned: with no history
+    for a context, a continuation request too gets full attention, not an untried cheap mechanism
+    (exploring blindly on judged documents fails the quality gate: SmolLM2, +6 % to +31 %)."""
+    from ollm_bench.methods import build_method
+
+    router = build_method("attn_router", history_path=None)
+    assert router.choose(LOGS, 32000, kind="continuation") == "attn_full"
+    assert "unproven for continuation requests" in router.explain()
+    record = {"content": router.last["context"]["content"], "bucket": 32768, "device": "cpu", "seq_len": 32000,
+              "model": None, "kind": "continuation"}
+    router.history = [{**record, "mechanism": "attn_full", "cost": 1.0}] + [
+        {**record, "mechanism": "attn_sliding", "cost": 0.1, "quality_loss": 0.001, "metric": "perplexity"}] * 6
+    assert router.choose(LOGS, 32000, kind="continuation") == "attn_sliding"  # proven within budget: served
