@@ -53,3 +53,20 @@ def test_scores_follow_the_press_within_quantization_noise(llama):
     _, press = run(model, build_method("kvpress_snapkv"), ids, 320)
     rel = ((composed - press).abs().max() / press.abs().max()).item()
     assert 0 < rel < 0.05  # the same kept tokens, quantized: close to the press, not equal
+
+
+def test_sliding_layers_of_a_hybrid_model_are_stored_in_the_format():
+    """On a hybrid model the sliding windows are most of the cache (Gemma-3: 15 of 18 layers): the
+    composed method stores them in its layout too, so it holds fewer bytes than the format alone."""
+    from ollm_bench.models import tiny_gemma3_config
+
+    config = tiny_gemma3_config(layers=4, sliding_window=256)
+    model = build_random_model(config)
+    ids = torch.randint(3, config.vocab_size, (1, 400), generator=torch.Generator().manual_seed(2))
+    value = ["token", 4, 32]  # head_dim 32: one value group per token
+    cache, logits = run(model, build_method("kv_snapkv_k4v4", value=value), ids, 320)
+    assert torch.isfinite(logits).all()
+    fmt = build_method("kv_k4v4", value=value).make_cache(config)
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=fmt, use_cache=True)
+    assert cache_nbytes(cache) < cache_nbytes(fmt) < plain_kv_bytes(config, 400)
