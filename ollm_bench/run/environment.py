@@ -68,10 +68,10 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-@lru_cache(maxsize=None)
 def git_state() -> tuple[str, bool | None]:
     """(commit, dirty): the checkout's HEAD and whether tracked code differs from it. Rows written
-    from a dirty tree say so; the method code that was measured is in the identity regardless."""
+    from a dirty tree say so; the method code that was measured is in the identity regardless.
+    Read again for every run (not cached): a long sweep outlives commits made while it runs."""
     commit = _git("rev-parse", "--short", "HEAD") or "unknown"
     status = _git("status", "--porcelain", "--untracked-files=no", "--", "optim", "ollm_bench", "conf")
     return commit, (None if status is None else bool(status))

@@ -129,6 +129,7 @@ def _run_job(bench: BenchConfig, store: ResultStore) -> dict:
         return reused
     cfg_yaml = OmegaConf.to_yaml(OmegaConf.structured(bench))
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    commit, dirty = git_state()  # the checkout the measuring process starts from
     not_carried = failed_at_shorter(store, bench, identity["config"]["optim"].get("method", {}))
     if not_carried:
         result = {"ok": True, "row": {"status": "skipped", "error": not_carried}}
@@ -139,7 +140,6 @@ def _run_job(bench: BenchConfig, store: ResultStore) -> dict:
     if result.get("bad_input"):
         raise ConfigError(f"{label}: {result['error']}")
     libs = versions()
-    commit, dirty = git_state()
     row = {
         "run_id": uuid.uuid4().hex[:12],
         "sweep_id": os.environ.get(SWEEP_ID_ENV, ""),
