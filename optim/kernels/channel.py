@@ -38,11 +38,19 @@ def plan(layer, query, workspace=None):
     return make_plan(layer, query, layer.fmt.group, window=True, workspace=workspace)
 
 
+# Two warps, two pipeline stages: the unpack and dequantize of a [G, D] block keep many registers
+# live, so Triton's default (4 warps, 3 stages: 168 registers a thread, 72 KB of shared memory, 3
+# blocks an SM) left the loop latency-bound. On an H200 (one layer, Llama-3.1-8B shapes, bf16) this
+# took kv_k4v4's launch from 259 to 190 us at 128k x 1 and 404 to 366 us at 32k x 8; k4v2, KIVI-2
+# and kv_mixed gained 6-27 % alike (results/kv_gpu/NOTES.md, "Launch options").
+LAUNCH = dict(num_warps=2, num_stages=2)
+
+
 def attend(layer, query: torch.Tensor, scale: float, decode_plan, out=None) -> torch.Tensor:
     values, value_args = _values(layer)
     store = [layer.k_codes, layer.k_scale, layer.k_zero, *values, layer.win_k, layer.win_v, *_sinks(layer)]
     return launch_attend(_channel_attend, layer, query, scale, decode_plan, out, store, **_geometry(layer),
-                         **value_args)
+                         **value_args, **LAUNCH)
 
 
 def write(layer, key_states: torch.Tensor, value_states: torch.Tensor) -> None:

@@ -26,9 +26,15 @@ def plan(layer, query, workspace=None):
     return make_plan(layer, query, block_tokens(layer), window=False, workspace=workspace)
 
 
+# Two pipeline stages instead of Triton's three: on an H200 (one layer, Llama-3.1-8B shapes, bf16)
+# 158 -> 138 us at 128k x 1, no change at 32k x 8 (272 us, already at ~80 % of the copy bandwidth).
+# Measured beside the compressed kernels' own launch options, so the baseline is tuned as they are.
+LAUNCH = dict(num_stages=2)
+
+
 def attend(layer, query: torch.Tensor, scale: float, decode_plan, out=None) -> torch.Tensor:
     return launch_attend(_plain_attend, layer, query, scale, decode_plan, out, [layer.keys, layer.values],
-                         BLOCK=decode_plan.block, RING=layer.ring)
+                         BLOCK=decode_plan.block, RING=layer.ring, **LAUNCH)
 
 
 def write(layer, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
