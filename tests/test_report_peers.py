@@ -80,3 +80,28 @@ def test_a_baseline_rerun_with_more_documents_still_pairs(tmp_path):
     assert summary.loc["kv_ours", "n_docs"] == 6 and summary.loc["kv_ours", "gate"] == "pass"
     assert summary.loc["kv_ours", "ppl_delta_high"] == pytest.approx(expected.high)
     assert summary.loc["kv_other", "gate"] == "documents differ"
+
+
+def test_the_table_and_the_plot_read_the_same_16bit_size_as_the_comparison(tmp_path, monkeypatch):
+    """The summary's `kv_ratio_16bit` (the README table's and the Pareto plot's x) counts a peer's fp32
+    tensors at 16 bits, as the comparison does; a row without fp32 tensors keeps its exact ratio."""
+    from ollm_bench.report import plots
+
+    storage = {"tensors": {"keys": {"bytes": 250_000, "dtype": "float32"}, "values": {"bytes": 250_000, "dtype": "float32"}}}
+    base, mine = quality_pair("m", "kv_ours", "prose", 2048, "pass", ratio=0.3)
+    _, peer = quality_pair("m", "kv_peer", "prose", 2048, "fail", ratio=0.5, peer=True, kv_storage=storage)
+    write(tmp_path, [base, mine, peer])
+    summary = summarize(ResultStore(tmp_path / "kv" / "runs.csv").read()).set_index("optim")
+    assert summary.loc["kv_peer", "kv_ratio"] == pytest.approx(0.5)
+    assert summary.loc["kv_peer", "kv_ratio_16bit"] == pytest.approx(0.25)
+    assert summary.loc["kv_ours", "kv_ratio_16bit"] == pytest.approx(summary.loc["kv_ours", "kv_ratio"])
+    drawn = {}
+    real = plots.plt.Axes.errorbar
+
+    def spy(ax, x, y, *args, **kwargs):
+        drawn[kwargs["label"]] = x
+        return real(ax, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "errorbar", spy)
+    assert plots.plot_quality_vs_bytes(summary.reset_index(), tmp_path / "p.png", 2048)
+    assert drawn["kv_peer (peer)"] == pytest.approx(0.25) and drawn["kv_ours"] == pytest.approx(0.3)

@@ -23,17 +23,10 @@ from __future__ import annotations
 import pandas as pd
 
 from ..evaluate.stats import CI_METHOD, paired_rows
-from .quality import BASELINE, KEY, _is_peer, latest_ok, pct, variant_labels
+from .quality import BASELINE, KEY, _is_peer, latest_ok, pct, ratio_16bit, variant_labels
 
 COLUMNS = ["model", "content", "seq_len", "peer", "peer_kv_ratio", "peer_delta", "ours", "ours_kv_ratio",
            "ours_delta", "ours_vs_peer", "ours_vs_peer_low", "ours_vs_peer_high", "n_docs", "verdict"]
-
-
-def ratio_16bit(row) -> float:
-    """KV bytes / 16-bit cache with every fp32 tensor the row stored counted at 16 bits."""
-    tensors = (row.kv_storage or {}).get("tensors", {}) if isinstance(row.kv_storage, dict) else {}
-    fp32 = sum(t.get("bytes", 0) for t in tensors.values() if t.get("dtype") == "float32")
-    return (row.kv_bytes - fp32 / 2) / row.kv_bytes_16bit
 
 
 def _verdict(low: float, high: float) -> str:

@@ -51,7 +51,10 @@ def plot_quality_vs_bytes(summary: pd.DataFrame, path: Path, seq_len: int) -> bo
     fig, axes = plt.subplots(len(models), len(contents), figsize=(3.6 * len(contents), 3.4 * len(models)),
                              squeeze=False, sharey=True, sharex=True)
     # One x range for every panel from 0 (a lone point would otherwise get a sliver of an axis).
-    axes[0][0].set_xlim(0, 1.08 * float(part.kv_ratio.max()))
+    # Bytes as a 16-bit deployment holds them (fp32 tensors of the CPU rows at 16 bits), as in the
+    # peers table; older summaries without that column fall back to the raw ratio.
+    part = part.assign(x=part["kv_ratio_16bit"] if "kv_ratio_16bit" in part else part.kv_ratio)
+    axes[0][0].set_xlim(0, 1.08 * float(part.x.max()))
     for i, model in enumerate(models):
         for j, content in enumerate(contents):
             ax = axes[i][j]
@@ -61,10 +64,14 @@ def plot_quality_vs_bytes(summary: pd.DataFrame, path: Path, seq_len: int) -> bo
                 err = None
                 if not (pd.isna(r.ppl_delta_low) or pd.isna(r.ppl_delta_high)):
                     err = [[y - 100 * r.ppl_delta_low], [100 * r.ppl_delta_high - y]]
-                label = f"{r.optim} (peer)" if r.peer else r.optim
-                ax.errorbar(r.kv_ratio, y, yerr=err, fmt=styles[r.optim]["marker"], color=styles[r.optim]["color"],
-                            ms=6, capsize=2, label=label)
-            front = pareto_front(list(zip(cell.kv_ratio, 100 * cell.ppl_delta)))
+                name = str(r.get("label", r.optim))
+                label = f"{name} (peer)" if r.peer else name
+                # A configured variant (`kv_k4v4(residual=64)`) keeps its method's colour and marker,
+                # drawn hollow, so it is told apart from the registered configuration.
+                variant = name != r.optim
+                ax.errorbar(r.x, y, yerr=err, fmt=styles[r.optim]["marker"], color=styles[r.optim]["color"],
+                            mfc="white" if variant else styles[r.optim]["color"], ms=6, capsize=2, label=label)
+            front = pareto_front(list(zip(cell.x, 100 * cell.ppl_delta)))
             if len(front) > 1:
                 ax.step(*zip(*front), where="post", color="0.4", lw=0.8, ls=":", label="Pareto front")
             ax.axhline(GATE_PCT, color="red", lw=0.8, ls="--", label="2 % gate")
@@ -73,7 +80,7 @@ def plot_quality_vs_bytes(summary: pd.DataFrame, path: Path, seq_len: int) -> bo
             ax.set_title(f"{model} · {content}", fontsize=9)
             ax.set_xlabel("KV bytes / 16-bit cache")
             if j == 0:
-                ax.set_ylabel(f"Δ perplexity vs baseline (%), {seq_len} tokens")
+                ax.set_ylabel("Δ perplexity vs baseline (%)")
             ax.grid(alpha=0.3, which="both")
     handles, labels = {}, []
     for ax in axes.flat:
@@ -83,7 +90,8 @@ def plot_quality_vs_bytes(summary: pd.DataFrame, path: Path, seq_len: int) -> bo
                 labels.append(lab)
     fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7,
                frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(labels) // 6), 1, 1))
+    fig.suptitle(f"Quality vs KV bytes at {seq_len} tokens (hollow: a configured variant of the method)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(labels) // 6), 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

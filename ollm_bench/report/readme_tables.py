@@ -62,7 +62,7 @@ def side_by_side(results: Path, suite: str, lengths=None) -> str:
                 cells += ["", "", "", ""]
                 continue
             r = r.iloc[-1]
-            cells += [delta_text(r), verdict_text(r), f"{r.kv_ratio:.3f}", str(int(r.n_docs))]
+            cells += [delta_text(r), verdict_text(r), f"{r.kv_ratio_16bit:.3f}", str(int(r.n_docs))]
         lines.append(f"| {name_text(g.iloc[0])} | {content} | {int(seq_len)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -62,7 +62,8 @@ def quality_section(df: pd.DataFrame, suite_dir: Path) -> list[str]:
     summary.to_csv(suite_dir / "summary.csv", index=False)
     lines = ["## Quality with the cache in the loop", "", q.method_note(summary), "",
              "KV / 16-bit: exact bytes of every stored tensor (scales, zero-points and windows included) over the same "
-             "tokens in a plain 16-bit cache (an fp32 baseline holds 2.0). CPU decode speed is context, not evidence "
+             "tokens in a plain 16-bit cache, with any fp32 tensor (this CPU's baseline, some peers' windows and "
+             "scales) counted at 16 bits, as a 16-bit deployment holds it. CPU decode speed is context, not evidence "
              "(eager Python steps on a shared CPU); speed evidence comes from the decode scenario on a GPU.", "",
              *([f"Baseline rows from suite(s) {', '.join(sorted(set(borrowed.suite)))} of the same results folder "
                 "(same cells, paired on identical documents).", ""] if len(borrowed) else []),
