@@ -51,10 +51,9 @@ def plot_quality_vs_bytes(summary: pd.DataFrame, path: Path, seq_len: int) -> bo
     fig, axes = plt.subplots(len(models), len(contents), figsize=(3.6 * len(contents), 3.4 * len(models)),
                              squeeze=False, sharey=True, sharex=True)
     # One x range for every panel from 0 (a lone point would otherwise get a sliver of an axis).
-    # Bytes as a 16-bit deployment holds them (fp32 tensors of the CPU rows at 16 bits), as in the
-    # peers table; older summaries without that column fall back to the raw ratio.
-    part = part.assign(x=part["kv_ratio_16bit"] if "kv_ratio_16bit" in part else part.kv_ratio)
-    axes[0][0].set_xlim(0, 1.08 * float(part.x.max()))
+    # x: bytes as a 16-bit deployment holds them (fp32 tensors of the CPU rows at 16 bits), as in the
+    # peers table.
+    axes[0][0].set_xlim(0, 1.08 * float(part.kv_ratio_16bit.max()))
     for i, model in enumerate(models):
         for j, content in enumerate(contents):
             ax = axes[i][j]
@@ -64,14 +63,13 @@ def plot_quality_vs_bytes(summary: pd.DataFrame, path: Path, seq_len: int) -> bo
                 err = None
                 if not (pd.isna(r.ppl_delta_low) or pd.isna(r.ppl_delta_high)):
                     err = [[y - 100 * r.ppl_delta_low], [100 * r.ppl_delta_high - y]]
-                name = str(r.get("label", r.optim))
-                label = f"{name} (peer)" if r.peer else name
+                label = f"{r.label} (peer)" if r.peer else r.label
                 # A configured variant (`kv_k4v4(residual=64)`) keeps its method's colour and marker,
                 # drawn hollow, so it is told apart from the registered configuration.
-                variant = name != r.optim
-                ax.errorbar(r.x, y, yerr=err, fmt=styles[r.optim]["marker"], color=styles[r.optim]["color"],
+                variant = r.label != r.optim
+                ax.errorbar(r.kv_ratio_16bit, y, yerr=err, fmt=styles[r.optim]["marker"], color=styles[r.optim]["color"],
                             mfc="white" if variant else styles[r.optim]["color"], ms=6, capsize=2, label=label)
-            front = pareto_front(list(zip(cell.x, 100 * cell.ppl_delta)))
+            front = pareto_front(list(zip(cell.kv_ratio_16bit, 100 * cell.ppl_delta)))
             if len(front) > 1:
                 ax.step(*zip(*front), where="post", color="0.4", lw=0.8, ls=":", label="Pareto front")
             ax.axhline(GATE_PCT, color="red", lw=0.8, ls="--", label="2 % gate")
