@@ -13,7 +13,8 @@ from tests.conftest import REPO, TINY
 
 
 def rows(results, suite="t"):
-    return pd.read_csv(results / suite / "runs.csv")
+    # An abbreviated commit can be all digits (4743343), which pandas would read as an integer.
+    return pd.read_csv(results / suite / "runs.csv", dtype={"git_commit": str})
 
 
 def test_sweep_skip_and_report(cli, tmp_path):

@@ -56,8 +56,12 @@ def load_spec(optim: str, path: Path | None = None) -> dict:
     return spec
 
 
-def _override(key: str, value) -> str:
-    return f"optim.method.{key}={_hydra_value(value)}"
+def _overrides(key: str, value) -> list[str]:
+    if isinstance(value, dict):
+        # Hydra merges a map into the YAML's map (and refuses new keys under struct mode), so a measured
+        # map such as a layer ranking replaces the committed one: delete the key, then add it back.
+        return [f"~optim.method.{key}", f"+optim.method.{key}={_hydra_value(value)}"]
+    return [f"optim.method.{key}={_hydra_value(value)}"]
 
 
 def _sweep(spec: dict, optim: str, params: dict, results_dir: Path, models=None, n_docs=None, extra=()) -> None:
@@ -66,7 +70,7 @@ def _sweep(spec: dict, optim: str, params: dict, results_dir: Path, models=None,
     cmd = [sys.executable, "-m", "ollm_bench", "sweep", "suite=calibration", f"optim={optim}",
            f"model={','.join(models or spec['models'])}", *spec.get("overrides", []), f"seq_len={spec['seq_len']}",
            f"scenario.n_docs={n_docs or spec['n_docs']}", f"results_dir={results_dir}",
-           *[_override(k, v) for k, v in params.items()], *extra]
+           *[o for k, v in params.items() for o in _overrides(k, v)], *extra]
     proc = subprocess.run(cmd)
     if proc.returncode == 2:
         raise ConfigError(f"calibration sweep refused its config: {' '.join(cmd[3:])}")

@@ -67,11 +67,16 @@ def validate_sweep(args: list[str]) -> None:
                 raise ConfigError(str(exc).splitlines()[0]) from None
             raw = base.hydra.sweeper.get("params")
             params = dict(OmegaConf.to_container(raw, resolve=False)) if raw else {}
+            # A delete (`~key`) or add (`+key=v`) that sweeps nothing keeps its prefix and its order
+            # (`~k` then `+k=v` replaces a map that a plain `k=v` would merge into).
+            fixed = [o for o in overrides if o.startswith(("+", "~")) and not parser.parse_override(o).is_sweep_override()]
             for o in overrides:
+                if o in fixed:
+                    continue
                 key, _, value = o.partition("=")
                 params[key.lstrip("+~")] = value
             params = {k: _choices(parser, k, str(v)) for k, v in params.items()}
-            first = [f"{k}={v[0]}" for k, v in params.items()]
+            first = fixed + [f"{k}={v[0]}" for k, v in params.items()]
             # The first value of every key together: its errors come from no one swept value (e.g.
             # seq_len against the model's context), and the messages name their own field.
             try:
