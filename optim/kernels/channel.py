@@ -88,29 +88,52 @@ def _channel_attend(Q, KC, KS, KZ, VC, VS, VZ, WK, WV, SK, SV, LENS, PO, PM, PL,
         window_partial(Q, SK, SV, PO, PM, PL, b, h, bh, n_tok - stream, 0, sqb, sqh, qk_scale,
                        bh * NPART + NSPLIT + 1, HKV, QH, M, D, SP, SP, DOT)
     elif start < stored:
-        d = tl.arange(0, D)
-        q = load_query(Q, b, h, sqb, sqh, d, qk_scale, QH, M)
+        # Codes stay in their packed order: part r of a byte row holds channels PER*j + r, so the
+        # query, scales and accumulators are split the same way instead of interleaving the codes
+        # of every block back into channel order (a register shuffle per element).
+        q0, q1, q2, q3 = query_parts(Q, b, h, sqb, sqh, qk_scale, QH, M, D, 8 // KBITS)
         row0 = bh.to(tl.int64) * cap
         cbase = row0 * (D * KBITS // 8)
         sbase = bh.to(tl.int64) * (cap // G) * D
-        m_i, l_i, acc = softmax_state(M, D)
-        for n0 in range(start, tl.minimum(start + SPLIT, stored), G):  # whole blocks: no masks
-            scores = channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
-            n = row0 + n0 + tl.arange(0, G)
-            if FP8:
+        if FP8:
+            d = tl.arange(0, D)
+            m_i, l_i, acc = softmax_state(M, D)
+            for n0 in range(start, tl.minimum(start + SPLIT, stored), G):  # whole blocks: no masks
+                scores = channel_key_scores(q0, q1, q2, q3, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
+                n = row0 + n0 + tl.arange(0, G)
                 v = tl.load(VC + n[:, None] * D + d[None, :]).to(DOT)  # e4m3 is exact in 16 bits
                 m_i, l_i, acc = attend_block(scores, v, tl.load(VS + n).to(tl.float32)[None, :], m_i, l_i, acc, DOT)
-            else:
-                VP: tl.constexpr = D * VBITS // 8
-                codes = unpack_codes(tl.load(VC + n[:, None] * VP + tl.arange(0, VP)[None, :]), G, D, VBITS)
+            store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, d, QH, M, D)
+        else:
+            VPER: tl.constexpr = 8 // VBITS
+            DV: tl.constexpr = D // VPER
+            j = tl.arange(0, DV)
+            m_i, l_i, a0 = softmax_state(M, DV)
+            a1 = tl.zeros([M, DV], tl.float32)
+            a2 = tl.zeros([M, DV], tl.float32)
+            a3 = tl.zeros([M, DV], tl.float32)
+            for n0 in range(start, tl.minimum(start + SPLIT, stored), G):
+                scores = channel_key_scores(q0, q1, q2, q3, KC, KS, KZ, cbase, sbase, n0, G, D, KBITS, DOT)
+                n = row0 + n0 + tl.arange(0, G)
+                packed = tl.load(VC + n[:, None] * DV + j[None, :])
                 # One scale and zero per (token, group) loaded, spread over the group's channels in
-                # registers (a per-channel gather costs 2*D loads per token and dominated the step).
+                # registers; part r's column j is channel VPER*j + r, in group j // (VG / VPER).
                 grp = n[:, None] * (D // VG) + tl.arange(0, D // VG)[None, :]
-                v_scale = group_columns(tl.load(VS + grp).to(tl.float32), G, D, VG)
-                v_zero = group_columns(tl.load(VZ + grp).to(tl.float32), G, D, VG)
-                v = codes.to(tl.float32) * v_scale + v_zero
-                m_i, l_i, acc = attend_block(scores, v.to(DOT), 1.0, m_i, l_i, acc, DOT)
-        store_partial(PO, PM, PL, bh * NPART + split, acc, m_i, l_i, d, QH, M, D)
+                v_scale = group_columns(tl.load(VS + grp).to(tl.float32), G, DV, VG // VPER)
+                v_zero = group_columns(tl.load(VZ + grp).to(tl.float32), G, DV, VG // VPER)
+                m_i, l_i, p, alpha = softmax_step(scores, m_i, l_i)
+                p = p.to(DOT)
+                a0 = a0 * alpha[:, None] + tl.dot(p, value_part(packed, 0, v_scale, v_zero, VBITS, DOT))
+                a1 = a1 * alpha[:, None] + tl.dot(p, value_part(packed, 1, v_scale, v_zero, VBITS, DOT))
+                if VPER == 4:
+                    a2 = a2 * alpha[:, None] + tl.dot(p, value_part(packed, 2, v_scale, v_zero, VBITS, DOT))
+                    a3 = a3 * alpha[:, None] + tl.dot(p, value_part(packed, 3, v_scale, v_zero, VBITS, DOT))
+            part = bh * NPART + split
+            store_partial(PO, PM, PL, part, a0, m_i, l_i, j * VPER, QH, M, D)
+            store_partial(PO, PM, PL, part, a1, m_i, l_i, j * VPER + 1, QH, M, D)
+            if VPER == 4:
+                store_partial(PO, PM, PL, part, a2, m_i, l_i, j * VPER + 2, QH, M, D)
+                store_partial(PO, PM, PL, part, a3, m_i, l_i, j * VPER + 3, QH, M, D)
 
 
 @triton.jit
@@ -217,35 +240,91 @@ def quantize_key_block(x, KC, KS, KZ, cbase, sbase, first, G: tl.constexpr, D: t
 
 
 @triton.jit
-def unpack_codes(packed, ROWS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr):
-    """uint8 [ROWS, D*BITS/8] -> int32 codes [ROWS, D] in channel order: the inverse of
-    `quantize.pack_codes` (consecutive channels per byte, lowest bits first). One contiguous load
-    of the packed bytes, unpacked in registers."""
-    PER: tl.constexpr = 8 // BITS
-    shifts = tl.arange(0, PER) * BITS
-    codes = (packed.to(tl.int32)[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
-    return tl.reshape(codes, (ROWS, D))
+def codes_as(codes, DOT: tl.constexpr):
+    """Non-negative integer codes (< 128) as DOT floats, exactly, without an int-to-float
+    conversion: OR-ed into the mantissa of a power of two P whose mantissa step is 1, the bits read
+    as P + code; subtracting P leaves the code. Integer OR and a float subtract are full-rate
+    instructions, the conversion is not."""
+    if DOT == tl.bfloat16:
+        return (codes.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True) - 128.0  # 0x4300 = 2^7
+    elif DOT == tl.float16:
+        return (codes.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True) - 1024.0  # 0x6400 = 2^10
+    else:
+        return (codes.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # 2^23
+
+
+@triton.jit
+def code_part(packed, R: tl.constexpr, BITS: tl.constexpr):
+    """Part R of packed codes (uint8 [rows, cols]): bits [R*BITS, (R+1)*BITS) of each byte, the
+    codes of channels PER*col + R (`quantize.pack_codes` puts consecutive channels in one byte,
+    lowest bits first)."""
+    return (packed >> (R * BITS)) & ((1 << BITS) - 1)
+
+
+@triton.jit
+def value_part(packed, R: tl.constexpr, v_scale, v_zero, BITS: tl.constexpr, DOT: tl.constexpr):
+    """Dequantized values [G, D/PER] of part R: code * scale + zero in float32, then DOT."""
+    return (codes_as(code_part(packed, R, BITS), tl.float32) * v_scale + v_zero).to(DOT)
+
+
+@triton.jit
+def softmax_step(scores, m_i, l_i):
+    """`common.attend_block` without the value product: the new max and sum, the probabilities and
+    the factor that rescales the accumulators (here one per part of the channels)."""
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(scores - m_safe[:, None])
+    return m_new, l_i * alpha + tl.sum(p, axis=1), p, alpha
 
 
 @triton.jit
 def group_columns(x, ROWS: tl.constexpr, D: tl.constexpr, VG: tl.constexpr):
-    """[ROWS, D/VG] per-group values -> [ROWS, D], each repeated over its group's VG channels."""
+    """[ROWS, D/VG] per-group values -> [ROWS, D], each repeated over its group's VG columns."""
     NG: tl.constexpr = D // VG
     return tl.reshape(tl.broadcast_to(tl.reshape(x, (ROWS, NG, 1)), (ROWS, NG, VG)), (ROWS, D))
 
 
 @triton.jit
-def channel_key_scores(q, KC, KS, KZ, cbase, sbase, n0, G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
-                       DOT: tl.constexpr):
+def query_parts(Q, b, h, sqb, sqh, qk_scale, QH: tl.constexpr, M: tl.constexpr, D: tl.constexpr,
+                PER: tl.constexpr):
+    """The query rows split by channel residue: part r holds channels PER*j + r (parts past PER
+    repeat the first ones and are never used)."""
+    j = tl.arange(0, D // PER) * PER
+    q0 = load_query(Q, b, h, sqb, sqh, j, qk_scale, QH, M)
+    q1 = load_query(Q, b, h, sqb, sqh, j + 1, qk_scale, QH, M)
+    if PER == 4:
+        q2 = load_query(Q, b, h, sqb, sqh, j + 2, qk_scale, QH, M)
+        q3 = load_query(Q, b, h, sqb, sqh, j + 3, qk_scale, QH, M)
+    else:
+        q2 = q0
+        q3 = q1
+    return q0, q1, q2, q3
+
+
+@triton.jit
+def key_part_scores(q, packed, KS, KZ, sb, chan, R: tl.constexpr, BITS: tl.constexpr, DOT: tl.constexpr):
+    """Part R's share of the scores: (q * scale).code + q.zero over channels `chan`."""
+    k_scale = tl.load(KS + sb + chan).to(tl.float32)
+    k_zero = tl.load(KZ + sb + chan).to(tl.float32)
+    k = codes_as(code_part(packed, R, BITS), DOT)
+    return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(k)) + tl.sum(q * k_zero[None, :], axis=1)[:, None]
+
+
+@triton.jit
+def channel_key_scores(q0, q1, q2, q3, KC, KS, KZ, cbase, sbase, n0, G: tl.constexpr, D: tl.constexpr,
+                       BITS: tl.constexpr, DOT: tl.constexpr):
     """Scores [M, G] of a block of G per-channel keys (k = code * scale + zero, one fp16 scale and
     zero per channel and block): q.k = (q * scale).code + q.zero, so scales are folded into the
-    query once per block and the codes go into the dot exactly."""
-    DP: tl.constexpr = D * BITS // 8
-    d = tl.arange(0, D)
-    blk = n0 // G
-    k_scale = tl.load(KS + sbase + blk * D + d).to(tl.float32)
-    k_zero = tl.load(KZ + sbase + blk * D + d).to(tl.float32)
+    query once per block and the codes go into the dot exactly, one dot per part of the byte."""
+    PER: tl.constexpr = 8 // BITS
+    DP: tl.constexpr = D // PER
+    j = tl.arange(0, DP) * PER
+    sb = sbase + (n0 // G) * D
     packed = tl.load(KC + cbase + (n0 + tl.arange(0, G))[:, None] * DP + tl.arange(0, DP)[None, :])
-    k = unpack_codes(packed, G, D, BITS).to(DOT)
-    bias = tl.sum(q * k_zero[None, :], axis=1)
-    return tl.dot((q * k_scale[None, :]).to(DOT), tl.trans(k)) + bias[:, None]
+    scores = key_part_scores(q0, packed, KS, KZ, sb, j, 0, BITS, DOT)
+    scores += key_part_scores(q1, packed, KS, KZ, sb, j + 1, 1, BITS, DOT)
+    if PER == 4:
+        scores += key_part_scores(q2, packed, KS, KZ, sb, j + 2, 2, BITS, DOT)
+        scores += key_part_scores(q3, packed, KS, KZ, sb, j + 3, 3, BITS, DOT)
+    return scores
