@@ -163,6 +163,10 @@ def gate(args: list[str]) -> None:
         result = run_gate(current, reference, float(opts["kv_tol"]), float(opts["ppl_tol"]))
     except BenchError as exc:
         _fail(str(exc))
+    if result.cross_device:
+        print(f"[ollm_bench] gate: {len(result.cross_device)} run(s) compared with another CPU model's reference row "
+              "(interval rule and bytes within 10 % only; per-document rule skipped). Add this CPU's rows to the "
+              "reference for the full gate:\n  " + "\n  ".join(result.cross_device))
     if result.passed:
         print(f"[ollm_bench] gate passed: {result.checked} runs match {reference} within tolerance")
         return

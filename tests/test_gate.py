@@ -2,6 +2,7 @@
 
 import shutil
 
+import pandas as pd
 import pytest
 
 from tests.conftest import TINY
@@ -75,3 +76,36 @@ def test_lower_perplexity_is_a_regression_too(reference):
     assert not result.passed and all("better" in r for r in result.regressions)
     same = compare(pd.concat([ref]), ref)
     assert same.passed and same.checked == 2
+
+
+def test_another_cpu_model_is_compared_by_interval_only(reference):
+    """Across CPU models a lossy cache rounds differently (per document up to ~1 %), so a row whose
+    CPU model the reference lacks skips the per-document rule; a leak-sized change still fails,
+    and with its own CPU model in the reference the strict rules apply again."""
+    import math
+
+    from ollm_bench.report.gate import compare
+    from ollm_bench.run.store import ResultStore
+
+    ref = ResultStore(reference / "g" / "runs.csv").read()
+    assert ref.device.str.startswith("cpu").all()
+    n_tok = ref.scored_tokens.iloc[0]
+
+    def moved(df, device, factors):  # per-document perplexity multiplied by `factors`
+        out = df.copy()
+        out["device"] = device
+        out["doc_nll"] = [[x + n_tok * math.log(f) for x, f in zip(nll, factors)] for nll in out.doc_nll]
+        return out
+
+    n = len(ref.doc_nll.iloc[0])
+    wobble = [1.03] + [1.0] * (n - 1)  # one document +3 %: a per-document move, not a mean shift
+    other = moved(ref, "cpu: Other CPU x2 threads", wobble)
+    assert not compare(moved(ref, ref.device.iloc[0], wobble), ref).passed  # same CPU model: flagged
+    result = compare(other, ref)
+    assert result.passed and len(result.cross_device) == 2
+    leak = compare(moved(ref, "cpu: Other CPU x2 threads", [0.9] * n), ref)
+    assert not leak.passed and all("better" in r for r in leak.regressions)
+    both = pd.concat([ref, other])  # the reference now holds the other CPU model's rows too
+    strict = compare(other, both)
+    assert strict.passed and not strict.cross_device
+    assert not compare(moved(other, other.device.iloc[0], wobble), both).passed

@@ -12,7 +12,13 @@ Regressions (each printed with its numbers):
   same machine class and code a rerun is deterministic, so a per-document change is a change of
   behaviour even when the changes of several documents cancel out in the mean;
 - the documents differ from the reference's (their hashes): the comparison would not be paired.
-CPU runs are deterministic for the same code and documents, so identical reruns give exactly 0.
+CPU runs are deterministic for the same code, documents and CPU model, so identical reruns give
+exactly 0. Across CPU models they are not: the baseline agrees to ~1e-5, but a lossy cache rounds
+some values the other way and its perplexity moves by up to ~1 % per document (kv_adaptive's
+data-dependent bit choice moves its bytes by ~4 %). So each row is compared with the reference row
+of its own CPU model when the reference holds one (all rules), otherwise with another CPU model's
+row under the rules that survive the change of machine: the interval rule, and bytes within
+`cross_kv_tol` (default 10 %); the per-document rule is skipped, and the gate says so.
 The reference must come from the same machine class (the GPU model, or any CPU; torch and
 transformers versions); another machine's reference is one clear error naming both. Speed is not
 gated.
@@ -20,7 +26,7 @@ gated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -28,23 +34,17 @@ import pandas as pd
 from ..errors import StoreError
 from ..evaluate.stats import CI_METHOD, paired_change
 from ..run.store import ResultStore
-from .quality import KEY, latest_ok
+from .quality import KEY, machine_class, with_machine
 
 MATCH = KEY + ["optim"]
 MACHINE = ("device", "torch_version", "transformers_version")
-
-
-def machine_class(device: str) -> str:
-    """What must match between a reference and a run: the GPU model, or just "cpu" (fp32 CPU
-    results agree across x86 CPU models far inside the gate's tolerance; the CPU model is still
-    stored in every row)."""
-    return "cpu" if str(device).startswith("cpu") else str(device)
 
 
 @dataclass
 class GateResult:
     checked: int
     regressions: list[str]
+    cross_device: list[str] = field(default_factory=list)  # runs compared with another CPU model's row
 
     @property
     def passed(self) -> bool:
@@ -76,29 +76,40 @@ def check_same_machine(current: pd.DataFrame, reference: pd.DataFrame) -> None:
                          "pass its folder as reference=")
 
 
+def _latest_ok(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    ok = with_machine(df[(df.status == "ok") & (df.scenario == "quality")])
+    return ok.sort_values("started_at").drop_duplicates(subset=by, keep="last")
+
+
 def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.001, ppl_tol: float = 0.005,
-            doc_tol: float = 0.01) -> GateResult:
-    for field in ("suite", "model"):
-        ref_vals, cur_vals = set(reference[field].dropna()), set(current[field].dropna())
+            doc_tol: float = 0.01, cross_kv_tol: float = 0.1) -> GateResult:
+    for col in ("suite", "model"):
+        ref_vals, cur_vals = set(reference[col].dropna()), set(current[col].dropna())
         if not cur_vals <= ref_vals:
             raise StoreError(
-                f"reference is from another {field} ({sorted(ref_vals)}) than this run ({sorted(cur_vals)})"
+                f"reference is from another {col} ({sorted(ref_vals)}) than this run ({sorted(cur_vals)})"
             )
     check_same_machine(current, reference)
-    ref_ok = latest_ok(reference).set_index(MATCH)
-    cur_latest = current.sort_values("started_at").drop_duplicates(subset=MATCH, keep="last").set_index(MATCH)
-    regressions, checked = [], 0
-    for key, ref in ref_ok.iterrows():
+    ref_ok = _latest_ok(reference, MATCH + ["device"])
+    cur_latest = with_machine(current).sort_values("started_at").drop_duplicates(subset=MATCH, keep="last") \
+        .set_index(MATCH)
+    regressions, checked, cross = [], 0, []
+    for key, refs in ref_ok.groupby(MATCH, sort=False):
         label = f"{key[0]}/{key[6]}/{key[2]}/{key[3]}"  # model/optim/content/seq_len
         if key not in cur_latest.index:
             regressions.append(f"{label}: missing from this run (ok in the reference)")
             continue
         cur = cur_latest.loc[key]
+        same = refs[refs.device == cur.device]
+        ref = (same if len(same) else refs).iloc[-1]
+        strict = bool(len(same))  # per-document determinism holds on one CPU model only
+        if not strict:
+            cross.append(f"{label}: {cur.device} vs {ref.device}")
         checked += 1
         if cur.status != "ok":
             regressions.append(f"{label}: status {cur.status} ({cur.error}), was ok")
             continue
-        if abs(cur.kv_bytes / ref.kv_bytes - 1) > kv_tol:
+        if abs(cur.kv_bytes / ref.kv_bytes - 1) > (kv_tol if strict else max(kv_tol, cross_kv_tol)):
             regressions.append(f"{label}: KV bytes {int(cur.kv_bytes)} vs reference {int(ref.kv_bytes)} "
                                f"({100 * (cur.kv_bytes / ref.kv_bytes - 1):+.2f}%)")
         if ref.doc_nll and cur.doc_nll:
@@ -111,13 +122,13 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.00
                 regressions.append(f"{label}: perplexity {cur.ppl:.4f} vs reference {ref.ppl:.4f}, {way}: "
                                    f"{100 * ch.point:+.2f}%, 95% CI [{100 * ch.low:+.2f}%, {100 * ch.high:+.2f}%] "
                                    f"beyond ±{100 * ppl_tol}% ({CI_METHOD}, n={ch.n})")
-            elif (moved := _moved_documents(cur, ref, doc_tol)):
+            elif strict and (moved := _moved_documents(cur, ref, doc_tol)):
                 regressions.append(f"{label}: {len(moved)} document(s) moved beyond ±{100 * doc_tol:g}% "
                                    f"(per-document perplexity change: {', '.join(moved)}), mean {100 * ch.point:+.2f}%")
             elif ch.n < 3 and abs(ch.point) > ppl_tol:
                 regressions.append(f"{label}: perplexity {100 * ch.point:+.2f}% vs reference with n={ch.n} documents "
                                    "(too few for an interval; any change beyond tolerance counts)")
-    return GateResult(checked, regressions)
+    return GateResult(checked, regressions, cross)
 
 
 def _moved_documents(cur, ref, doc_tol: float) -> list[str]:

@@ -26,7 +26,7 @@ def section(scenario: str):
 
 
 def _cells(frame: pd.DataFrame) -> set[tuple]:
-    return set(map(tuple, frame[q.KEY].itertuples(index=False)))
+    return set(map(tuple, q.with_machine(frame)[q.KEY].itertuples(index=False)))
 
 
 def sibling_baselines(df: pd.DataFrame, suite_dir: Path) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def sibling_baselines(df: pd.DataFrame, suite_dir: Path) -> pd.DataFrame:
             continue
         rows = ResultStore(other).read()
         base = rows[(rows.status == "ok") & (rows.scenario == "quality") & (rows.optim == q.BASELINE)]
-        wanted = [cell in need for cell in map(tuple, base[q.KEY].itertuples(index=False))]
+        wanted = [cell in need for cell in map(tuple, q.with_machine(base)[q.KEY].itertuples(index=False))]
         hit = base[pd.Series(wanted, index=base.index, dtype=bool)]
         found.append(hit)
         need -= _cells(hit)
@@ -112,7 +112,7 @@ def write_report(suite_dir: Path) -> Path:
 def tables_for_devices(suite_dir: Path, devices: set[str]) -> str:
     """The report's tables restricted to rows measured on `devices` (what a sweep just ran)."""
     df = ResultStore(Path(suite_dir) / "runs.csv").read()
-    df = df[df.device.isin(devices)]
+    df = df[df.device.map(q.machine_class).isin({q.machine_class(d) for d in devices})]
     out = []
     if (df[df.status == "ok"].scenario == "quality").any():
         summary, _ = suite_summary(df, Path(suite_dir))

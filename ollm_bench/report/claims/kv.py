@@ -11,7 +11,7 @@ from .rows import cell
 
 SUITE = "kv"
 GATE = "gate: 95 % paired t-interval over documents vs the 2 % margin"
-CELL_KEY = ["device", "content", "seq_len", "seed", "batch_size"]
+CELL_KEY = ["machine", "content", "seq_len", "seed", "batch_size"]
 
 
 def by_model(rows, optim: str, suite: str = SUITE) -> list[tuple[str, pd.DataFrame]]:
@@ -122,7 +122,7 @@ def repetitive_advantage(rows, threshold: float, optim: str, content: str = "rep
     out = []
     for model, c in by_model(rows, optim):
         adv, rep_cells = {}, []
-        for key, g in c.groupby(["device", "seq_len", "seed", "batch_size"]):
+        for key, g in c.groupby(["machine", "seq_len", "seed", "batch_size"]):
             rep, other = g[g.content == content], g[g.content != content]
             if len(rep) and len(other):
                 adv[int(key[1])] = other.kv_mib.median() / rep.kv_mib.iloc[0] - 1
