@@ -9,7 +9,7 @@ Regressions (each printed with its numbers):
   Worse is a regression; better is one too, since a cache that leaks future tokens scores better
   than it should, and a compressed cache that improves perplexity is a bug until explained.
 - any single document's perplexity moves by more than `doc_tol` (default 1 %) either way: on the
-  same machine class and code a rerun is deterministic, so a per-document change is a change of
+  same CPU model and code a rerun is deterministic, so a per-document change is a change of
   behaviour even when the changes of several documents cancel out in the mean;
 - the documents differ from the reference's (their hashes): the comparison would not be paired.
 CPU runs are deterministic for the same code, documents and CPU model, so identical reruns give
