@@ -110,7 +110,8 @@ def write_report(suite_dir: Path) -> Path:
 
 
 def tables_for_devices(suite_dir: Path, devices: set[str]) -> str:
-    """The report's tables restricted to rows measured on `devices` (what a sweep just ran)."""
+    """The report's tables restricted to rows of the machine classes of `devices` (what a sweep just ran;
+    any CPU model counts as one class, so a CPU sweep's rows meet the baselines of another CPU)."""
     df = ResultStore(Path(suite_dir) / "runs.csv").read()
     df = df[df.device.map(q.machine_class).isin({q.machine_class(d) for d in devices})]
     out = []
