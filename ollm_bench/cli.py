@@ -138,7 +138,7 @@ def gate(args: list[str]) -> None:
     import tempfile
 
     from .errors import BenchError
-    from .report.gate import run_gate
+    from .report.gate import CROSS_KV_TOL, run_gate
 
     known = {"reference": "results/reference", "suite": "ci", "results_dir": "", "run": "true",
              "kv_tol": "0.001", "ppl_tol": "0.005"}
@@ -165,7 +165,7 @@ def gate(args: list[str]) -> None:
         _fail(str(exc))
     if result.cross_device:
         print(f"[ollm_bench] gate: {len(result.cross_device)} run(s) compared with another CPU model's reference row "
-              "(interval rule and bytes within 10 % only; per-document rule skipped). Add this CPU's rows to the "
+              f"(interval rule and bytes within {100 * CROSS_KV_TOL:g} % only; per-document rule skipped). Add this CPU's rows to the "
               "reference for the full gate:\n  " + "\n  ".join(result.cross_device))
     if result.passed:
         print(f"[ollm_bench] gate passed: {result.checked} runs match {reference} within tolerance")
