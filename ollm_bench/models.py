@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from .errors import ConfigError
 
@@ -75,7 +76,10 @@ def random_weights_config(model_cfg, layers: int | None = None):
     with its first `layers` decoder layers only when given (a model part for speed runs)."""
     from transformers import AutoConfig
 
-    arch = dict(model_cfg.arch or {})
+    arch = model_cfg.arch or {}
+    if OmegaConf.is_config(arch):  # nested maps (Gemma's rope_parameters) must reach transformers as dicts
+        arch = OmegaConf.to_container(arch, resolve=True)
+    arch = dict(arch)
     if model_cfg.source in TINY_CONFIGS:
         return TINY_CONFIGS[model_cfg.source](**(arch | ({"layers": layers} if layers else {})))
     if model_cfg.source != "random":
@@ -85,6 +89,8 @@ def random_weights_config(model_cfg, layers: int | None = None):
         raise ModelLoadError(f"no-weights model {model_cfg.name!r} needs arch.model_type (e.g. llama)")
     if layers:
         arch["num_hidden_layers"] = layers
+        if arch.get("layer_types"):  # per-layer kinds (Gemma's sliding/full): the first `layers` of them
+            arch["layer_types"] = list(arch["layer_types"])[:layers]
     return AutoConfig.for_model(arch.pop("model_type"), **arch)
 
 

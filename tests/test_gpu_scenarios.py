@@ -4,6 +4,7 @@ and the allocator-setting plumbing. The CUDA-only test at the end runs on a GPU 
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from ollm_bench.errors import ConfigError
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 CPU = ["model=tiny_random", "scenario.allow_cpu=true", "runner.isolation=inline"]
 MEMORY_TINY = [*CPU, "seq_len=32", "scenario.model_layers=2", "scenario.samples=3", "scenario.inner=5",
                "scenario.steps=2", "scenario.requests=6", "scenario.concurrency=2", "scenario.decode_tokens=[4,12]"]
@@ -134,3 +136,24 @@ def test_expandable_segments_take_effect_in_the_run_process(cli, tmp_path):
     assert df.loc["torch_caching"].extra["expandable_segments"] is False
     assert (df.metric == "fragmentation").all() and df.metric_value.between(0, 1).all()
     assert df.loc["tensor_pool"].extra["largest_fit_torch_bytes"] >= 0
+
+
+def test_gemma_noweights_entry_builds_a_model_part_of_gemma_shapes():
+    """The no-weights Gemma entry (conf/model) gives Gemma-3-270M's config, and a model part of its
+    first layers keeps one layer kind per layer (transformers rejects a mismatch) and nested maps as dicts."""
+    from omegaconf import OmegaConf
+
+    from ollm_bench.config import ModelConfig
+    from ollm_bench.models import build_random_model, random_weights_config
+
+    entry = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(CONF / "model" / "gemma3_270m_noweights.yaml"))
+    full = random_weights_config(entry)
+    assert (full.model_type, full.num_hidden_layers, full.num_key_value_heads, full.head_dim) == ("gemma3_text", 18, 1, 256)
+    assert full.layer_types.count("full_attention") == 3 and full.sliding_window == 512
+    assert full.rope_parameters["full_attention"]["rope_theta"] == 1e6
+    part = random_weights_config(entry, layers=6)
+    assert part.num_hidden_layers == 6 and part.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    small = random_weights_config(OmegaConf.merge(entry, {"arch": {"vocab_size": 64, "hidden_size": 32,
+                                                                    "intermediate_size": 64}}), layers=2)
+    model = build_random_model(small)
+    assert model(input_ids=torch.arange(8)[None]).logits.shape == (1, 8, 64)

@@ -140,15 +140,15 @@ def metric_summary(df: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def metric_table(df: pd.DataFrame, reference: str, notes: tuple[str, ...] = ()) -> str:
-    """One row per (optim, metric, context): median [p10, p90], × reference (reference / this: all
+    """One row per (model, optim, metric, context): median [p10, p90], × reference (reference / this: all
     these metrics are lower-is-better, so > 1 beats it), and the `extra` entries named in `notes`."""
     s = metric_summary(df, reference)
-    lines = [f"| optim | metric | context | batch | median [p10, p90] | unit | × {reference} | n | {' | '.join(notes)}"
-             f"{' | ' if notes else ''}device |", "|" + "---|" * (9 + len(notes))]
+    lines = [f"| model | optim | metric | context | batch | median [p10, p90] | unit | × {reference} | n | "
+             f"{' | '.join(notes)}{' | ' if notes else ''}device |", "|" + "---|" * (10 + len(notes))]
     for _, r in s.iterrows():
         extra = r.extra if isinstance(r.extra, dict) else {}
         cells = "".join(f"{_note(extra.get(k))} | " for k in notes)
-        lines.append(f"| {r.optim} | {r.metric} | {int(r.seq_len)} | {int(r.batch_size)} | {r.metric_value:.4g} "
+        lines.append(f"| {r.model} | {r.optim} | {r.metric} | {int(r.seq_len)} | {int(r.batch_size)} | {r.metric_value:.4g} "
                      f"[{_g(r.metric_p10, '.4g')}, {_g(r.metric_p90, '.4g')}] | {r.metric_unit} | "
                      f"{_g(r.vs_reference, '.2f')} | {_g(r.metric_n, '.0f')} | {cells}{r.device} |")
     return "\n".join(lines)
