@@ -98,19 +98,19 @@ def metric_table(results: Path, suite: str, metric: str, reference: str) -> str:
     if df is None:
         return f"No rows in results/{suite} yet."
     ok = df[(df.status == "ok") & (df.metric == metric)].sort_values("started_at")
-    ok = ok.drop_duplicates(subset=["device", "optim", "seq_len"], keep="last")
+    ok = ok.drop_duplicates(subset=["model", "device", "optim", "seq_len"], keep="last")
     if ok.empty:
         return f"No `{metric}` rows in results/{suite} yet."
     lens = sorted(ok.seq_len.unique())
-    lines = [f"| device | method | " + " | ".join(f"{n // 1024}k ms" for n in lens) + f" | × {reference} at "
-             f"{lens[-1] // 1024}k |", "|" + "---|" * (len(lens) + 3)]
-    for (device, optim), g in ok.groupby(["device", "optim"]):
+    lines = [f"| model | device | method | " + " | ".join(f"{n // 1024}k ms" for n in lens) + f" | × {reference} "
+             "(longest shared context) |", "|" + "---|" * (len(lens) + 4)]
+    for (model, device, optim), g in ok.groupby(["model", "device", "optim"]):
         g = g.set_index("seq_len")
-        ref = ok[(ok.device == device) & (ok.optim == reference)].set_index("seq_len")
+        ref = ok[(ok.model == model) & (ok.device == device) & (ok.optim == reference)].set_index("seq_len")
         cells = [f"{g.metric_value[n]:.3f}" if n in g.index else "" for n in lens]
-        last = lens[-1]
-        ratio = f"{ref.metric_value[last] / g.metric_value[last]:.2f}" if last in g.index and last in ref.index else ""
-        lines.append(f"| {device} | {optim} | " + " | ".join(cells) + f" | {ratio} |")
+        shared = sorted(set(g.index) & set(ref.index))
+        ratio = f"{ref.metric_value[shared[-1]] / g.metric_value[shared[-1]]:.2f} ({shared[-1] // 1024}k)" if shared else ""
+        lines.append(f"| {model} | {device} | {optim} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 
