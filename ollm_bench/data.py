@@ -25,11 +25,14 @@ import importlib.util
 import os
 import random
 import re
+import socket
 import sysconfig
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import urlparse
 
 from .errors import DataError
 
@@ -139,6 +142,37 @@ def wikitext_dir(path: str | None) -> Path | None:
     return Path(folder).expanduser() if folder else None
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout_s` (assumed yes behind a
+    proxy, which a direct connection cannot test)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _offline_unless_hub_reachable():
+    """Without a reachable hub, `datasets` reads its local cache only: its online path retries for
+    about 25 s before giving up, and the user should get the 'set content.path' message at once."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    if hub_reachable():
+        yield
+        return
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
 def _wikitext_items(path: str | None = None, split: str = "test") -> list[str]:
     """WikiText-2 (tokenized form) cut into articles at their ` = Title = ` lines: a local copy
     (`content.path` or $OLLM_BENCH_WIKITEXT), else the Hugging Face dataset `wikitext-2-v1`."""
@@ -152,7 +186,8 @@ def _wikitext_items(path: str | None = None, split: str = "test") -> list[str]:
         try:
             from datasets import load_dataset
 
-            rows = load_dataset("wikitext", "wikitext-2-v1", split="validation" if split == "valid" else split)
+            with _offline_unless_hub_reachable():
+                rows = load_dataset("wikitext", "wikitext-2-v1", split="validation" if split == "valid" else split)
             text = "".join(rows["text"])
         except Exception as exc:
             raise DataError(

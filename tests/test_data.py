@@ -112,3 +112,24 @@ def gemma_tokenizer():
     from ollm_bench.models import packaged_model_dir
 
     return AutoTokenizer.from_pretrained(str(packaged_model_dir("gemma3_270m")))
+
+
+def test_wikitext_without_a_copy_or_a_hub_fails_at_once_and_restores_online_mode(monkeypatch, tmp_path):
+    """No local copy and no reachable hub: the clear error, without `datasets`' retries (it reads
+    only its cache), and `datasets` is left in the mode it was in."""
+    import datasets.config
+
+    from ollm_bench import data
+
+    monkeypatch.delenv("OLLM_BENCH_WIKITEXT", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path)  # no cached copy either
+    assert not data.hub_reachable(timeout_s=1)
+    before = datasets.config.HF_HUB_OFFLINE
+    source_items.cache_clear()
+    with pytest.raises(DataError, match=r"set content.path \(or \$OLLM_BENCH_WIKITEXT\)"):
+        load_documents("wikitext", ByteTokenizer(), 100, 1)
+    assert datasets.config.HF_HUB_OFFLINE == before
+    source_items.cache_clear()
