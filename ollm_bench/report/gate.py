@@ -34,7 +34,7 @@ import pandas as pd
 from ..errors import StoreError
 from ..evaluate.stats import CI_METHOD, paired_change
 from ..run.store import ResultStore
-from .quality import KEY, machine_class, with_machine
+from .quality import KEY, latest_ok, machine_class, with_machine
 
 MATCH = KEY + ["optim"]
 MACHINE = ("device", "torch_version", "transformers_version")
@@ -77,11 +77,6 @@ def check_same_machine(current: pd.DataFrame, reference: pd.DataFrame) -> None:
                          "pass its folder as reference=")
 
 
-def _latest_ok(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    ok = with_machine(df[(df.status == "ok") & (df.scenario == "quality")])
-    return ok.sort_values("started_at").drop_duplicates(subset=by, keep="last")
-
-
 def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.001, ppl_tol: float = 0.005,
             doc_tol: float = 0.01, cross_kv_tol: float = CROSS_KV_TOL) -> GateResult:
     for col in ("suite", "model"):
@@ -91,7 +86,7 @@ def compare(current: pd.DataFrame, reference: pd.DataFrame, kv_tol: float = 0.00
                 f"reference is from another {col} ({sorted(ref_vals)}) than this run ({sorted(cur_vals)})"
             )
     check_same_machine(current, reference)
-    ref_ok = _latest_ok(reference, MATCH + ["device"])
+    ref_ok = latest_ok(reference, by=MATCH + ["device"])
     cur_latest = with_machine(current).sort_values("started_at").drop_duplicates(subset=MATCH, keep="last") \
         .set_index(MATCH)
     regressions, checked, cross = [], 0, []

@@ -45,12 +45,13 @@ def _variant(config_json) -> str:
     return json.dumps((config_json or {}).get("optim", {}).get("method", {}), sort_keys=True, default=str)
 
 
-def latest_ok(df: pd.DataFrame, scenario: str | None = "quality") -> pd.DataFrame:
+def latest_ok(df: pd.DataFrame, scenario: str | None = "quality", by: list[str] | None = None) -> pd.DataFrame:
+    """The latest ok row per `by` (default: per cell, method and variant), with `machine` and `variant` columns."""
     ok = df[df.status == "ok"]
     if scenario is not None:
         ok = ok[ok.scenario == scenario]
     ok = with_machine(ok).assign(variant=ok.config_json.map(_variant))
-    return ok.sort_values("started_at").drop_duplicates(subset=KEY + ["optim", "variant"], keep="last")
+    return ok.sort_values("started_at").drop_duplicates(subset=by or KEY + ["optim", "variant"], keep="last")
 
 
 def _same(a, b) -> bool:

@@ -25,8 +25,12 @@ def section(scenario: str):
     return register
 
 
+def _cell_keys(frame: pd.DataFrame) -> list[tuple]:
+    return list(map(tuple, q.with_machine(frame)[q.KEY].itertuples(index=False)))
+
+
 def _cells(frame: pd.DataFrame) -> set[tuple]:
-    return set(map(tuple, q.with_machine(frame)[q.KEY].itertuples(index=False)))
+    return set(_cell_keys(frame))
 
 
 def sibling_baselines(df: pd.DataFrame, suite_dir: Path) -> pd.DataFrame:
@@ -43,7 +47,7 @@ def sibling_baselines(df: pd.DataFrame, suite_dir: Path) -> pd.DataFrame:
             continue
         rows = ResultStore(other).read()
         base = rows[(rows.status == "ok") & (rows.scenario == "quality") & (rows.optim == q.BASELINE)]
-        wanted = [cell in need for cell in map(tuple, q.with_machine(base)[q.KEY].itertuples(index=False))]
+        wanted = [cell in need for cell in _cell_keys(base)]
         hit = base[pd.Series(wanted, index=base.index, dtype=bool)]
         found.append(hit)
         need -= _cells(hit)
