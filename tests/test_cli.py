@@ -134,3 +134,34 @@ def test_a_cell_measured_for_another_suite_is_reused_not_remeasured(cli, tmp_pat
     a, b = rows(tmp_path, "a"), rows(tmp_path, "b")
     assert a.config_hash.tolist() == b.config_hash.tolist() and a.ppl.tolist() == b.ppl.tolist()
     assert b.suite.tolist() == ["b"] and '"suite": "a"' in b.extra[0]
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper that may never come in a container)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+def test_a_run_process_ends_when_its_sweep_is_killed(tmp_path):
+    """A sweep killed with SIGKILL cannot stop its run process; the run process must notice and end
+    (runner.exit_with_parent) instead of measuring on beside the next sweep."""
+    pidfile = tmp_path / "child.pid"
+    child = ("import os, sys, time\nfrom ollm_bench.run.runner import exit_with_parent\n"
+             "exit_with_parent(os.getppid(), poll_s=0.1)\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(300)")
+    parent = (f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}, {str(pidfile)!r}])\n"
+              "time.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=REPO)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (pidfile.exists() and pidfile.read_text()):
+        time.sleep(0.1)
+    child_pid = int(pidfile.read_text())
+    assert _alive(child_pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(child_pid):
+        time.sleep(0.1)
+    assert not _alive(child_pid)

@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import signal
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -42,8 +43,24 @@ def sweep_store(config) -> ResultStore:
     return ResultStore(path / config.suite_name / "runs.csv")
 
 
-def _child(cfg_yaml: str, result_path: str) -> None:
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> threading.Thread:
+    """End this process when `parent_pid` is gone (its children are handed to another parent).
+    A sweep stopped by SIGTERM or SIGKILL cannot kill its run process itself, and an orphaned
+    run would hold the CPU or GPU for the rest of its cell while the next sweep measures."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(3)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _child(cfg_yaml: str, result_path: str, parent_pid: int | None = None) -> None:
     """Entry of the spawned process: measure, write the result as JSON, exit."""
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     bench = to_bench(OmegaConf.merge(OmegaConf.structured(BenchConfig), OmegaConf.create(cfg_yaml)))
     try:
         t0 = time.perf_counter()
@@ -76,7 +93,7 @@ def _measure_isolated(cfg_yaml: str, timeout_s: int) -> dict:
     kills_before = _oom_kills()
     with tempfile.TemporaryDirectory(prefix="ollm_bench_") as tmp:
         result_path = os.path.join(tmp, "result.json")
-        proc = ctx.Process(target=_child, args=(cfg_yaml, result_path))
+        proc = ctx.Process(target=_child, args=(cfg_yaml, result_path, os.getpid()))
         proc.start()
         proc.join(timeout_s)
         if proc.is_alive():
